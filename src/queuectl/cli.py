@@ -1,0 +1,471 @@
+"""The `queuectl` command line: parses arguments, calls a service, prints the result."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from queuectl import __version__
+from queuectl.errors import EXIT_FAILED, InvalidInput, QueuectlError
+from queuectl.output import Style, stderr
+
+log = logging.getLogger("queuectl")
+
+app = typer.Typer(
+    name="queuectl",
+    help="A background job queue for shell commands.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,  # database URLs hold passwords
+)
+worker_app = typer.Typer(help="Start, run and stop worker processes.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect and retry jobs in the dead letter queue.",
+                      no_args_is_help=True)
+config_app = typer.Typer(help="Read and change settings stored in the database.",
+                         no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(config_app, name="config")
+
+
+class Color(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+class State:
+    """Options of the root command that every subcommand reads."""
+
+    style = Style()
+    verbosity = 0
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _engine():
+    from queuectl.db import get_engine
+
+    return get_engine()
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"queuectl {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    db_url: Annotated[Optional[str], typer.Option(
+        "--db-url", envvar="QUEUECTL_DB_URL", show_default=False,
+        help="Database URL, such as postgresql+psycopg://user@host/db. "
+             "Default: the SQLite file under QUEUECTL_HOME.")] = None,
+    home: Annotated[Optional[Path], typer.Option(
+        "--home", envvar="QUEUECTL_HOME", show_default=False,
+        help="Folder for the SQLite database, logs and PID files. Default: ~/.queuectl.")] = None,
+    color: Annotated[Color, typer.Option(
+        "--color", help="Colour and tables: auto (on a terminal), always or never.")] = Color.auto,
+    verbose: Annotated[int, typer.Option(
+        "--verbose", "-v", count=True, help="Log more; -vv for debug output.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """A background job queue for shell commands."""
+    if db_url is not None:
+        os.environ["QUEUECTL_DB_URL"] = db_url
+    if home is not None:
+        os.environ["QUEUECTL_HOME"] = str(home)
+    State.style = Style(color.value)
+    State.verbosity = -1 if quiet else verbose
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(
+        State.verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# Database ---------------------------------------------------------------------------------
+
+@app.command("init-db")
+def init_db() -> None:
+    """Create the database or migrate it to the current schema."""
+    from queuectl import db
+
+    engine = db.create_queue_engine()
+    try:
+        db.upgrade_schema(engine)
+        revision = db.current_revision(engine)
+    except Exception as exc:
+        if _is_connection_failure(exc):
+            raise db.unavailable(engine.url, exc) from exc
+        raise
+    stderr(f"database {db.display_url(engine.url)} is at schema revision {revision}")
+
+
+# Jobs -------------------------------------------------------------------------------------
+
+@app.command()
+def enqueue(
+    payload: Annotated[Optional[str], typer.Argument(
+        help='The job as a JSON object, such as \'{"id":"job1","command":"sleep 2"}\'.',
+        show_default=False)] = None,
+    file: Annotated[Optional[str], typer.Option(
+        "--file", "-f", help="Read one JSON job per line from this file ('-' for stdin); "
+                             "all of them are enqueued or none.")] = None,
+) -> None:
+    """Add jobs to the queue and print their ids."""
+    from queuectl import jobs, spec
+
+    if (payload is None) == (file is None):
+        raise InvalidInput("give one JSON job, or --file with one JSON job per line")
+    if payload is not None:
+        specs = [spec.parse_payload(payload)]
+    else:
+        specs = _read_job_file(file)
+    created = jobs.enqueue_many(_engine(), specs)
+    sys.stdout.write("".join(f"{job.id}\n" for job in created))
+
+
+def _read_job_file(name: str) -> list:
+    from queuectl import spec
+
+    try:
+        stream = sys.stdin if name == "-" else open(name, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {name!r}: {exc.strerror}") from None
+    specs = []
+    with stream:
+        try:
+            for number, line in enumerate(stream, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    specs.append(spec.parse_payload(line))
+                except InvalidInput as exc:
+                    raise InvalidInput(f"line {number} of {name}: {exc.message}") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{name!r} is not UTF-8 text") from None
+    if not specs:
+        raise InvalidInput(f"no jobs in {name!r}; write one JSON object per line")
+    return specs
+
+
+@app.command("list")
+def list_command(
+    state: Annotated[Optional[str], typer.Option(
+        "--state", "-s", help="Only jobs in this state: pending, processing, completed, "
+                              "failed or dead.")] = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", help="Only jobs of this queue.")] = None,
+    limit: Annotated[int, typer.Option(
+        "--limit", "-n", min=0, help="Show at most this many jobs, newest first; 0 for all.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first."""
+    from queuectl import jobs, output
+
+    selected = jobs.parse_state(state) if state is not None else None
+    found = jobs.list_jobs(_engine(), selected, queue, limit or None)
+    if as_json:
+        output.print_json([output.job_summary(job) for job in found])
+        return
+    if not found:
+        what = f" {selected.value}" if selected else ""
+        stderr(f"no{what} jobs; add one with: queuectl enqueue '{{\"command\":\"echo hi\"}}'")
+        return
+    rows = [(job.id, job.state, f"{job.attempts}/{job.max_retries}", job.queue, job.priority,
+             output.local_time(job.run_at), job.command, job.last_error or "")
+            for job in found]
+    output.print_table(State.style, None, ["ID", "STATE", "ATTEMPTS", "QUEUE", "PRIORITY",
+                                           "RUN AT", "COMMAND", "LAST ERROR"], rows)
+
+
+@app.command()
+def show(
+    job_id: Annotated[str, typer.Argument(help="The job's id.", show_default=False)],
+    as_json: JsonOption = False,
+) -> None:
+    """Show every field of one job, with the tail of its output."""
+    from queuectl import jobs, output
+
+    detail = output.job_detail(jobs.get_job(_engine(), job_id))
+    if as_json:
+        output.print_json(detail)
+        return
+    job_output = detail.pop("output") or ""
+    rows = [(key, "" if value is None else value) for key, value in detail.items()]
+    output.print_table(State.style, f"job {job_id}", ["FIELD", "VALUE"], rows)
+    if job_output:
+        sys.stdout.write("--- output (tail) ---\n" + job_output.rstrip("\n") + "\n")
+
+
+@app.command()
+def status(as_json: JsonOption = False) -> None:
+    """Show how many jobs are in each state, and the live workers."""
+    from queuectl import jobs, output, workers
+
+    engine = _engine()
+    counts = jobs.count_by_state(engine)
+    alive = workers.list_workers(engine)
+    now = output.utcnow()
+    worker_rows = [
+        {"name": record.name, "host": record.hostname, "pid": record.pid,
+         "queues": record.queues, "current_job": current,
+         "started_at": output.iso(record.started_at),
+         "heartbeat_age_seconds": round((now - record.heartbeat_at).total_seconds(), 1)}
+        for record, current in alive
+    ]
+    if as_json:
+        output.print_json({"jobs": {**counts, "total": sum(counts.values())},
+                           "workers": worker_rows})
+        return
+    output.print_table(State.style, "Jobs", ["STATE", "COUNT"],
+                       [*counts.items(), ("total", sum(counts.values()))])
+    if not worker_rows:
+        stderr("no workers running; start some with: queuectl worker start --count 2")
+        return
+    output.print_table(
+        State.style, "Workers",
+        ["WORKER", "HOST", "PID", "QUEUES", "CURRENT JOB", "STARTED", "HEARTBEAT"],
+        [(row["name"], row["host"], row["pid"], row["queues"], row["current_job"] or "idle",
+          output.local_time(record.started_at), f"{output.age(record.heartbeat_at, now)} ago")
+         for row, (record, _) in zip(worker_rows, alive)],
+    )
+
+
+# Dead letter queue ------------------------------------------------------------------------
+
+@dlq_app.command("list")
+def dlq_list(
+    limit: Annotated[int, typer.Option(
+        "--limit", "-n", min=0, help="Show at most this many jobs, newest first; 0 for all.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List the jobs that ran out of attempts."""
+    from queuectl import jobs, output
+    from queuectl.models import JobState
+
+    found = jobs.list_jobs(_engine(), JobState.DEAD, None, limit or None)
+    if as_json:
+        output.print_json([output.job_summary(job) for job in found])
+        return
+    if not found:
+        stderr("the dead letter queue is empty")
+        return
+    rows = [(job.id, job.attempts, job.exit_code, output.local_time(job.updated_at),
+             job.command, job.last_error or "") for job in found]
+    output.print_table(State.style, None, ["ID", "ATTEMPTS", "EXIT CODE", "DIED AT", "COMMAND",
+                                           "LAST ERROR"], rows)
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    job_ids: Annotated[Optional[list[str]], typer.Argument(
+        help="Ids of dead jobs to run again.", show_default=False)] = None,
+    retry_all: Annotated[bool, typer.Option("--all", help="Retry every dead job.")] = False,
+) -> None:
+    """Move dead jobs back to pending with their attempts reset to 0."""
+    from queuectl import jobs
+
+    engine = _engine()
+    if retry_all == bool(job_ids):
+        raise InvalidInput("give the ids of dead jobs to retry, or --all")
+    ids = jobs.dead_job_ids(engine) if retry_all else list(dict.fromkeys(job_ids))
+    if not ids:
+        stderr("the dead letter queue is empty; nothing to retry")
+        return
+    jobs.retry_dead(engine, ids)
+    for job_id in ids:
+        sys.stdout.write(f"{job_id}\n")
+    stderr(f"moved {len(ids)} job(s) from the DLQ back to pending")
+
+
+# Configuration ----------------------------------------------------------------------------
+
+@config_app.command("get")
+def config_get(key: Annotated[str, typer.Argument(help="A key such as max_retries.")]) -> None:
+    """Print one setting's value."""
+    from queuectl import config
+
+    config.lookup(key)  # an unknown key is invalid input even when the database is down
+    sys.stdout.write(f"{config.format_value(config.get_value(_engine(), key))}\n")
+
+
+@config_app.command("set")
+def config_set(
+    key: Annotated[str, typer.Argument(help="A key such as max_retries or max-retries.")],
+    value: Annotated[str, typer.Argument(help="The new value.")],
+) -> None:
+    """Validate and store a setting; running workers pick it up within seconds."""
+    from queuectl import config
+
+    setting = config.lookup(key)
+    setting.parse(value)
+    canonical, parsed = config.set_value(_engine(), key, value)
+    stderr(f"{canonical} = {config.format_value(parsed)}")
+
+
+@config_app.command("list")
+def config_list(as_json: JsonOption = False) -> None:
+    """List every setting with its value, default and meaning."""
+    from queuectl import config, output
+
+    entries = config.list_values(_engine())
+    if as_json:
+        output.print_json({setting.key: {"value": value, "default": setting.default,
+                                         "stored": stored, "description": setting.help}
+                           for setting, value, stored in entries})
+        return
+    rows = [(setting.key, config.format_value(value), config.format_value(setting.default),
+             setting.help) for setting, value, _ in entries]
+    output.print_table(State.style, None, ["KEY", "VALUE", "DEFAULT", "DESCRIPTION"], rows)
+
+
+# Workers ----------------------------------------------------------------------------------
+
+def _queue_list(value: Optional[str]) -> Optional[list[str]]:
+    from queuectl.spec import QUEUE_NAME
+
+    if value is None or value.strip() in ("", "*"):
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    for name in names:
+        if not QUEUE_NAME.fullmatch(name):
+            raise InvalidInput(f"invalid queue name {name!r} in --queue; use names such as "
+                               "default or emails, separated by commas")
+    return names
+
+
+CountOption = Annotated[int, typer.Option("--count", "-c", min=1, max=256,
+                                          help="Number of worker processes.")]
+QueueOption = Annotated[Optional[str], typer.Option(
+    "--queue", help="Comma-separated queues to take jobs from. Default: all queues.")]
+
+
+@worker_app.command("start")
+def worker_start(count: CountOption = 1, queue: QueueOption = None) -> None:
+    """Start workers in the background and print their PIDs."""
+    from queuectl import supervisor
+
+    queues = _queue_list(queue)
+    _engine()  # fails here, in the foreground, if the database is unusable
+    record = supervisor.start_background(count, queues)
+    for pid in record["workers"].values():
+        sys.stdout.write(f"{pid}\n")
+    stderr(f"started {count} worker(s) under supervisor {record['pid']}; "
+           f"log: {supervisor.log_path()}")
+
+
+@worker_app.command("run")
+def worker_run(
+    count: CountOption = 1,
+    queue: QueueOption = None,
+    burst: Annotated[bool, typer.Option(
+        "--burst", help="Exit once no job is pending, waiting for a retry or running.")] = False,
+) -> None:
+    """Run workers in the foreground; Ctrl-C stops them gracefully, a second Ctrl-C forces."""
+    from queuectl import supervisor
+
+    queues = _queue_list(queue)
+    _engine()
+    _log_to_file(supervisor.log_path())
+    raise typer.Exit(supervisor.Supervisor(count, queues, burst).run())
+
+
+@worker_app.command("stop")
+def worker_stop(
+    force: Annotated[bool, typer.Option(
+        "--force", help="Kill the running jobs and put them back in the queue.")] = False,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", min=0, help="Seconds to wait for running jobs before forcing.")] = None,
+    all_hosts: Annotated[bool, typer.Option(
+        "--all-hosts", help="Also ask the workers of every other host to stop, through the "
+                            "database.")] = False,
+) -> None:
+    """Stop this host's workers; each finishes its current job first."""
+    from queuectl import supervisor, workers
+
+    if all_hosts:
+        asked = workers.request_stop_all(_engine())
+        stderr(f"asked {asked} worker(s) on all hosts to stop")
+    stopped = supervisor.stop_local(timeout, force)
+    if not stopped:
+        if not all_hosts:
+            stderr("no workers are running on this host")
+        return
+    count = sum(len(record.get("workers", {})) for record in stopped)
+    stderr(f"stopped {count} worker(s)")
+
+
+def _log_to_file(path: Path) -> None:
+    """Send the workers' log lines to the log file too, at INFO or the chosen verbosity."""
+    level = logging.DEBUG if State.verbosity >= 2 else logging.INFO
+    root_logger = logging.getLogger()
+    root_logger.setLevel(min(level, root_logger.level or level))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(processName)s: %(message)s")
+    for handler in root_logger.handlers:
+        handler.setFormatter(formatter)
+        handler.setLevel(level if State.verbosity >= 0 else logging.ERROR)
+    if os.environ.get("QUEUECTL_DETACHED") != "1":
+        # In the background, stderr is the log file already.
+        handler = logging.FileHandler(path, encoding="utf-8")
+        os.chmod(path, 0o600)
+        handler.setFormatter(formatter)
+        handler.setLevel(level)
+        root_logger.addHandler(handler)
+
+
+# Entry point ------------------------------------------------------------------------------
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def main() -> None:
+    """Run the CLI: expected errors become one line on stderr and an exit code.
+
+    Typer handles usage errors itself (exit 2); everything a command raises lands here.
+    """
+    try:
+        app(prog_name="queuectl")
+    except QueuectlError as exc:
+        stderr(f"error: {exc.message}")
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        # The reader went away (`queuectl list | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as exc:  # noqa: BLE001 - the last resort of the CLI
+        sys.exit(_report_unexpected(exc))
+
+
+def _report_unexpected(exc: Exception) -> int:
+    if _is_connection_failure(exc):
+        from queuectl import db
+
+        try:
+            url = db.database_url()
+        except QueuectlError:
+            url = None
+        if url is not None:
+            stderr(f"error: {db.unavailable(url, exc).message}")
+            return EXIT_FAILED
+    log.debug("unexpected error", exc_info=exc)
+    stderr(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+           " (rerun with -vv for the traceback)")
+    if State.verbosity >= 2:
+        import traceback
+
+        traceback.print_exception(exc)
+    return EXIT_FAILED
+

@@ -1,0 +1,375 @@
+"""Job services: enqueue, inspect, and the state transitions that workers drive."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from queuectl import config
+from queuectl.db import read_only
+from queuectl.errors import DuplicateJob, InvalidInput, InvalidState, JobNotFound
+from queuectl.models import CLAIMABLE_STATES, Job, JobState, utcnow
+from queuectl.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+jobs_table = Job.__table__
+
+# The error recorded for an attempt whose worker stopped renewing its lease.
+WORKER_LOST = "worker lost"
+
+
+def new_job_id() -> str:
+    """Return a fresh job id: short enough to type, random enough never to collide."""
+    return uuid.uuid4().hex[:12]
+
+
+def _job_row(spec: JobSpec, default_retries: int, now: datetime) -> dict:
+    return {
+        "id": spec.id or new_job_id(),
+        "command": spec.command,
+        "state": JobState.PENDING.value,
+        "queue": spec.queue,
+        "priority": spec.priority,
+        "max_retries": spec.max_retries if spec.max_retries is not None else default_retries,
+        "timeout": spec.timeout,
+        "attempts": 0,
+        "run_at": spec.run_at or now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def enqueue(engine: Engine, spec: JobSpec) -> Job:
+    """Insert one pending job and return it; a duplicate id raises DuplicateJob."""
+    return enqueue_many(engine, [spec])[0]
+
+
+def enqueue_many(engine: Engine, specs: list[JobSpec]) -> list[Job]:
+    """Insert jobs in one transaction: all of them, or none if any id is taken."""
+    now = utcnow()
+    default_retries = int(config.get_value(engine, "max_retries"))
+    rows = [_job_row(spec, default_retries, now) for spec in specs]
+    ids = [row["id"] for row in rows]
+    seen: set[str] = set()
+    for job_id in ids:
+        if job_id in seen:
+            raise DuplicateJob(job_id)
+        seen.add(job_id)
+    try:
+        with engine.begin() as conn:
+            conn.execute(jobs_table.insert(), rows)
+            notify_new_jobs(conn)
+    except IntegrityError:
+        taken = _existing_ids(engine, ids)
+        raise DuplicateJob(taken[0] if taken else ids[0]) from None
+    return [Job(**row) for row in rows]
+
+
+def _existing_ids(engine: Engine, ids: list[str]) -> list[str]:
+    found: list[str] = []
+    with read_only(engine).connect() as conn:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found.extend(conn.scalars(select(Job.id).where(Job.id.in_(chunk))))
+    order = {job_id: index for index, job_id in enumerate(ids)}
+    return sorted(found, key=order.__getitem__)
+
+
+def notify_new_jobs(conn) -> None:
+    """Wake idle PostgreSQL workers when the transaction commits; SQLite workers poll."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("NOTIFY queuectl_jobs")
+
+
+def get_job(engine: Engine, job_id: str) -> Job:
+    """Return one job by id, or raise JobNotFound."""
+    with Session(read_only(engine), expire_on_commit=False) as session:
+        job = session.scalars(select(Job).where(Job.id == job_id)).first()
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def parse_state(value: str) -> JobState:
+    """Return the state a name stands for, or raise InvalidInput listing the states."""
+    try:
+        return JobState(value.strip().lower())
+    except ValueError:
+        valid = ", ".join(state.value for state in JobState)
+        raise InvalidInput(f"unknown state {value!r}; valid states: {valid}") from None
+
+
+def list_jobs(
+    engine: Engine,
+    state: JobState | None = None,
+    queue: str | None = None,
+    limit: int | None = 50,
+) -> list[Job]:
+    """Return jobs, newest first, optionally of one state and queue."""
+    query = select(Job).order_by(Job.seq.desc())
+    if state is not None:
+        query = query.where(Job.state == state.value)
+    if queue is not None:
+        query = query.where(Job.queue == queue)
+    if limit is not None:
+        query = query.limit(limit)
+    with Session(read_only(engine), expire_on_commit=False) as session:
+        return list(session.scalars(query))
+
+
+def count_by_state(engine: Engine) -> dict[str, int]:
+    """Return the number of jobs in each state, zero included."""
+    counts = {state.value: 0 for state in JobState}
+    with read_only(engine).connect() as conn:
+        rows = conn.execute(select(Job.state, func.count()).group_by(Job.state))
+        for state, count in rows:
+            counts[state] = count
+    return counts
+
+
+def retry_dead(engine: Engine, job_ids: list[str]) -> list[str]:
+    """Move dead jobs back to pending with their attempts reset; all of them or none."""
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        found = {
+            job.id: job for job in session.scalars(select(Job).where(Job.id.in_(job_ids)))
+        }
+        for job_id in job_ids:
+            job = found.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id, hint="run `queuectl dlq list` to see the dead jobs")
+            if job.state != JobState.DEAD.value:
+                raise InvalidState(
+                    f"job {job_id!r} is {job.state}, not dead; only jobs in the DLQ can be "
+                    "retried with `dlq retry`"
+                )
+        for job in found.values():
+            job.state = JobState.PENDING.value
+            job.attempts = 0
+            job.run_at = now
+            job.updated_at = now
+            job.finished_at = None
+        session.flush()
+        notify_new_jobs(session.connection())
+    for job_id in job_ids:
+        log.info("job %s moved from the DLQ back to pending", job_id,
+                 extra={"job_id": job_id, "action": "dlq_retry"})
+    return job_ids
+
+
+def dead_job_ids(engine: Engine) -> list[str]:
+    """Return the ids of every job in the DLQ, oldest first."""
+    with read_only(engine).connect() as conn:
+        return list(conn.scalars(
+            select(Job.id).where(Job.state == JobState.DEAD.value).order_by(Job.seq)
+        ))
+
+
+def backoff_delay(attempts: int, base: float, cap: float) -> float:
+    """Return the seconds to wait after the attempts-th failed attempt: base ** n, capped."""
+    try:
+        delay = float(base) ** attempts
+    except OverflowError:
+        return cap
+    return min(delay, cap)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker holds: what it runs, and the token it records the result under."""
+
+    id: str
+    command: str
+    queue: str
+    attempts: int
+    max_retries: int
+    timeout: float | None
+    token: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a finished attempt changed its job."""
+
+    state: JobState
+    retry_in: float | None = None  # seconds, when the job failed and will run again
+    recorded: bool = True  # False when the claim was lost and the result discarded
+
+
+def claim_next(
+    engine: Engine, worker_id: str, queues: list[str] | None, lease_seconds: float
+) -> Claim | None:
+    """Claim the highest-priority, oldest due job and mark it processing, atomically.
+
+    On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED inside the same
+    statement, so workers never wait on each other. On SQLite the UPDATE is conditional on
+    the state, and BEGIN IMMEDIATE makes it the only writer, so exactly one worker wins.
+    """
+    now = utcnow()
+    candidate = select(jobs_table.c.seq).where(
+        jobs_table.c.state.in_(CLAIMABLE_STATES), jobs_table.c.run_at <= now
+    )
+    if queues:
+        candidate = candidate.where(jobs_table.c.queue.in_(queues))
+    candidate = (
+        candidate.order_by(jobs_table.c.priority.desc(), jobs_table.c.seq)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    token = secrets.token_hex(16)
+    statement = (
+        update(jobs_table)
+        .where(jobs_table.c.seq == candidate, jobs_table.c.state.in_(CLAIMABLE_STATES))
+        .values(
+            state=JobState.PROCESSING.value,
+            attempts=jobs_table.c.attempts + 1,
+            claim_token=token,
+            worker_id=worker_id,
+            started_at=now,
+            updated_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(
+            jobs_table.c.id, jobs_table.c.command, jobs_table.c.queue,
+            jobs_table.c.attempts, jobs_table.c.max_retries, jobs_table.c.timeout,
+        )
+    )
+    with engine.begin() as conn:
+        row = conn.execute(statement).first()
+    if row is None:
+        return None
+    return Claim(row.id, row.command, row.queue, row.attempts, row.max_retries, row.timeout, token)
+
+
+def renew_lease(engine: Engine, claim: Claim, lease_seconds: float) -> bool:
+    """Extend the lease on a held job; return False if the claim has been lost."""
+    now = utcnow()
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == claim.id, jobs_table.c.claim_token == claim.token,
+                   jobs_table.c.state == JobState.PROCESSING.value)
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+        )
+    return result.rowcount == 1
+
+
+def complete(engine: Engine, claim: Claim, exit_code: int, output: str | None) -> Outcome:
+    """Record a successful attempt; the job becomes completed."""
+    now = utcnow()
+    values = dict(
+        state=JobState.COMPLETED.value, exit_code=exit_code, last_error=None, output=output,
+        finished_at=now, updated_at=now, claim_token=None, lease_expires_at=None,
+    )
+    recorded = _update_claimed(engine, claim, values)
+    return Outcome(JobState.COMPLETED, recorded=recorded)
+
+
+def fail(
+    engine: Engine, claim: Claim, error: str, exit_code: int | None, output: str | None,
+) -> Outcome:
+    """Record a failed attempt: the job waits out its backoff, or is dead when out of attempts.
+
+    backoff_base and backoff_max are read now, so a change applies to running workers at once.
+    """
+    now = utcnow()
+    values = dict(
+        exit_code=exit_code, last_error=error, output=output, updated_at=now,
+        claim_token=None, lease_expires_at=None,
+    )
+    if claim.attempts >= claim.max_retries:
+        values.update(state=JobState.DEAD.value, finished_at=now)
+        outcome = Outcome(JobState.DEAD)
+    else:
+        settings = config.effective_values(engine)
+        delay = backoff_delay(claim.attempts, settings["backoff_base"], settings["backoff_max"])
+        values.update(state=JobState.FAILED.value, run_at=now + timedelta(seconds=delay))
+        outcome = Outcome(JobState.FAILED, retry_in=delay)
+    if not _update_claimed(engine, claim, values):
+        return Outcome(outcome.state, outcome.retry_in, recorded=False)
+    return outcome
+
+
+def release(engine: Engine, claim: Claim, reason: str) -> bool:
+    """Put an interrupted job back in the queue without counting the attempt."""
+    now = utcnow()
+    values = dict(
+        state=JobState.PENDING.value, attempts=jobs_table.c.attempts - 1, last_error=reason,
+        run_at=now, updated_at=now, claim_token=None, lease_expires_at=None,
+    )
+    return _update_claimed(engine, claim, values)
+
+
+def _update_claimed(engine: Engine, claim: Claim, values: dict) -> bool:
+    """Apply values to a job only while this claim still holds it."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == claim.id, jobs_table.c.claim_token == claim.token,
+                   jobs_table.c.state == JobState.PROCESSING.value)
+            .values(**values)
+        )
+        if result.rowcount == 1 and values.get("state") in CLAIMABLE_STATES:
+            notify_new_jobs(conn)
+    return result.rowcount == 1
+
+
+def _held_jobs_query():
+    return select(
+        jobs_table.c.id, jobs_table.c.command, jobs_table.c.queue, jobs_table.c.attempts,
+        jobs_table.c.max_retries, jobs_table.c.timeout, jobs_table.c.claim_token,
+    ).where(jobs_table.c.state == JobState.PROCESSING.value)
+
+
+def _fail_held_jobs(engine: Engine, query, error: str) -> list[tuple[Claim, Outcome]]:
+    """Fail each processing job the query selects, under the claim token it was read with."""
+    with read_only(engine).connect() as conn:
+        rows = conn.execute(query).all()
+    recovered = []
+    for row in rows:
+        claim = Claim(row.id, row.command, row.queue, row.attempts, row.max_retries,
+                      row.timeout, row.claim_token)
+        outcome = fail(engine, claim, error, None, None)
+        if outcome.recorded:
+            recovered.append((claim, outcome))
+    return recovered
+
+
+def recover_expired(engine: Engine) -> list[tuple[Claim, Outcome]]:
+    """Fail every processing job whose lease has expired, as a lost attempt.
+
+    The worker that held such a job has stopped renewing its lease: it died, its host was
+    lost, or it cannot reach the database. The attempt counts, then the usual retry or
+    dead letter rule applies.
+    """
+    query = _held_jobs_query().where(jobs_table.c.lease_expires_at < utcnow()).limit(100)
+    return _fail_held_jobs(engine, query, WORKER_LOST)
+
+
+def recover_worker_jobs(
+    engine: Engine, worker_id: str, error: str = WORKER_LOST
+) -> list[tuple[Claim, Outcome]]:
+    """Fail the jobs held by a worker known to be dead, without waiting for the lease."""
+    query = _held_jobs_query().where(jobs_table.c.worker_id == worker_id)
+    return _fail_held_jobs(engine, query, error)
+
+
+def has_unfinished_jobs(engine: Engine, queues: list[str] | None) -> bool:
+    """Return whether any job is pending, waiting for a retry, or processing."""
+    query = select(Job.seq).where(Job.state.in_(
+        (JobState.PENDING.value, JobState.FAILED.value, JobState.PROCESSING.value)
+    ))
+    if queues:
+        query = query.where(Job.queue.in_(queues))
+    with read_only(engine).connect() as conn:
+        return conn.execute(query.limit(1)).first() is not None
+

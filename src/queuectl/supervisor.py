@@ -1,0 +1,284 @@
+"""The supervisor: starts worker processes, replaces those that die, and stops them.
+
+`queuectl worker start` runs a supervisor in the background, detached from the terminal;
+`queuectl worker run` runs one in the foreground. Each supervisor records itself and its
+workers' PIDs in a file under `$QUEUECTL_HOME/run/`, which `worker stop` and `status` read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from queuectl.db import queuectl_home
+from queuectl.errors import WorkerError
+
+log = logging.getLogger(__name__)
+
+# A worker that dies this many times within RESTART_WINDOW seconds is restarted more slowly.
+RESTART_BURST = 5
+RESTART_WINDOW = 60.0
+RESTART_PAUSE = 10.0
+LOG_FILE_NAME = "worker.log"
+
+
+def run_dir() -> Path:
+    """Return the folder of the supervisors' PID files, created owner-only."""
+    path = queuectl_home() / "run"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def log_path() -> Path:
+    """Return the workers' log file: `$QUEUECTL_HOME/worker.log`."""
+    return queuectl_home() / LOG_FILE_NAME
+
+
+@dataclass
+class Slot:
+    """One worker position of a supervisor, and the process that fills it now."""
+
+    name: str
+    process: multiprocessing.Process | None = None
+    worker_id: str = ""
+    deaths: list[float] = field(default_factory=list)
+    restart_at: float = 0.0
+    done: bool = False  # exited on its own in burst mode or after a stop
+
+
+def _worker_main(worker_id: str, name: str, queues: list[str] | None, burst: bool,
+                 supervisor_pid: int) -> None:
+    """The entry point of a worker child process."""
+    from queuectl.workers import Worker
+
+    worker = Worker(worker_id, name, queues, burst, supervisor_pid)
+    worker.install_signal_handlers()
+    try:
+        worker.run()
+    except Exception:
+        logging.getLogger(f"queuectl.{name}").exception("%s crashed", name)
+        raise
+
+
+class Supervisor:
+    """Keeps `count` worker processes running until asked to stop."""
+
+    def __init__(self, count: int, queues: list[str] | None, burst: bool) -> None:
+        self.count = count
+        self.queues = queues
+        self.burst = burst
+        self.slots = [Slot(f"worker-{index}") for index in range(1, count + 1)]
+        self.stop_requests = 0
+        self.context = multiprocessing.get_context("fork")
+        self.pid_file = run_dir() / f"supervisor-{os.getpid()}.json"
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_requests += 1
+        how = "gracefully" if self.stop_requests == 1 else "by force"
+        log.info("supervisor received %s; stopping the workers %s",
+                 signal.Signals(signum).name, how)
+        for slot in self.slots:
+            if slot.process is not None and slot.process.is_alive():
+                os.kill(slot.process.pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        """Supervise until every worker has exited; return the exit status."""
+        multiprocessing.current_process().name = "supervisor"
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        log.info("supervisor %s starting %s worker(s)", os.getpid(), self.count)
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            self._write_pid_file()
+            while self._loop_once():
+                pass
+        finally:
+            self.pid_file.unlink(missing_ok=True)
+        log.info("supervisor %s stopped", os.getpid())
+        return 0
+
+    def _start(self, slot: Slot) -> None:
+        slot.worker_id = f"{_host()}:{os.getpid()}:{slot.name}:{secrets.token_hex(4)}"
+        slot.process = self.context.Process(
+            target=_worker_main, name=slot.name,
+            args=(slot.worker_id, slot.name, self.queues, self.burst, os.getpid()),
+        )
+        slot.process.start()
+
+    def _loop_once(self) -> bool:
+        """Wait for a worker to exit and handle it; return False once all have exited."""
+        running = [slot for slot in self.slots if slot.process is not None]
+        waiting = [slot for slot in self.slots if slot.process is None and not slot.done]
+        if not running and (not waiting or self.stop_requests):
+            return False
+        timeout = 1.0
+        if waiting:
+            timeout = max(0.0, min(slot.restart_at for slot in waiting) - time.monotonic())
+        sentinels = [slot.process.sentinel for slot in running]
+        multiprocessing.connection.wait(sentinels, timeout=min(timeout, 1.0))
+        for slot in running:
+            if not slot.process.is_alive():
+                self._handle_exit(slot)
+        for slot in waiting:
+            if not self.stop_requests and time.monotonic() >= slot.restart_at:
+                self._start(slot)
+                self._write_pid_file()
+        return True
+
+    def _handle_exit(self, slot: Slot) -> None:
+        process = slot.process
+        process.join()
+        slot.process = None
+        code = process.exitcode
+        if code == 0 or self.stop_requests:
+            slot.done = True
+            log.info("%s (pid %s) exited", slot.name, process.pid)
+            self._recover_jobs(slot, "worker lost")
+            return
+        reason = (f"killed by {signal.Signals(-code).name}" if code < 0
+                  else f"exited with status {code}")
+        self._recover_jobs(slot, f"worker lost ({reason})")
+        now = time.monotonic()
+        slot.deaths = [t for t in slot.deaths if now - t < RESTART_WINDOW] + [now]
+        pause = RESTART_PAUSE if len(slot.deaths) >= RESTART_BURST else 0.5
+        slot.restart_at = now + pause
+        log.warning("%s (pid %s) %s; restarting it in %ss", slot.name, process.pid, reason,
+                    pause)
+
+    def _recover_jobs(self, slot: Slot, error: str) -> None:
+        """Fail at once the job a dead worker held, instead of waiting for its lease."""
+        from queuectl import jobs
+        from queuectl.db import create_queue_engine
+        from queuectl.workers import unregister
+
+        try:
+            engine = create_queue_engine()
+            try:
+                for claim, outcome in jobs.recover_worker_jobs(engine, slot.worker_id, error):
+                    log.warning("job %s held by the lost %s is now %s (attempt %s/%s)",
+                                claim.id, slot.name, outcome.state.value, claim.attempts,
+                                claim.max_retries,
+                                extra={"job_id": claim.id, "action": "worker_lost"})
+                unregister(engine, slot.worker_id)
+            finally:
+                engine.dispose()
+        except Exception as exc:  # noqa: BLE001 - the lease expiry recovers the job later
+            log.error("could not recover the jobs of %s now (%s); they are recovered when "
+                      "their lease expires", slot.name, exc)
+
+    def _write_pid_file(self) -> None:
+        record = {
+            "pid": os.getpid(),
+            "host": _host(),
+            "started": time.time(),
+            "queues": self.queues,
+            "workers": {
+                slot.name: slot.process.pid for slot in self.slots if slot.process is not None
+            },
+        }
+        temporary = self.pid_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record))
+        os.replace(temporary, self.pid_file)
+
+
+def _host() -> str:
+    from queuectl.workers import hostname
+
+    return hostname()
+
+
+def read_supervisors() -> list[dict]:
+    """Return the PID records of the supervisors on this host that are still running."""
+    records = []
+    for path in sorted(run_dir().glob("supervisor-*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _is_queuectl_process(record.get("pid", 0)):
+            records.append(record)
+        else:
+            path.unlink(missing_ok=True)  # left behind by a supervisor that was killed
+    return records
+
+
+def _is_queuectl_process(pid: int) -> bool:
+    """Return whether pid is a running queuectl process, guarding against PID reuse."""
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"queuectl" in cmdline
+
+
+def start_background(count: int, queues: list[str] | None, wait: float = 30.0) -> dict:
+    """Start a detached supervisor with `count` workers; return its PID record when ready."""
+    log_file = log_path()
+    before = {record["pid"] for record in read_supervisors()}
+    command = [sys.executable, "-m", "queuectl", "worker", "run", "--count", str(count)]
+    if queues:
+        command += ["--queue", ",".join(queues)]
+    with open(log_file, "ab") as output:
+        os.chmod(log_file, 0o600)
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+            start_new_session=True, close_fds=True,
+            env=dict(os.environ, QUEUECTL_DETACHED="1"),
+        )
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise WorkerError(
+                f"the worker supervisor exited at start with status {process.returncode}; "
+                f"see {log_file}"
+            )
+        for record in read_supervisors():
+            if record["pid"] == process.pid and record["pid"] not in before:
+                if len(record.get("workers", {})) == count:
+                    return record
+        time.sleep(0.05)
+    raise WorkerError(f"the workers did not start within {wait:g} s; see {log_file}")
+
+
+def stop_local(timeout: float | None, force: bool) -> list[dict]:
+    """Stop this host's supervisors and wait for them to exit; return their PID records.
+
+    A graceful stop lets each worker finish its current job. With force, or once `timeout`
+    seconds have passed, the running jobs are killed and put back in the queue.
+    """
+    records = read_supervisors()
+    for record in records:
+        _send(record["pid"], signal.SIGTERM)
+        if force:
+            time.sleep(0.1)
+            _send(record["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    forced = force
+    while any(_is_queuectl_process(record["pid"]) for record in records):
+        if deadline is not None and time.monotonic() >= deadline and not forced:
+            log.warning("workers still running after %ss; forcing them to stop", timeout)
+            for record in records:
+                _send(record["pid"], signal.SIGTERM)
+            forced = True
+        time.sleep(0.05)
+    return records
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,408 @@
+"""The worker: claims jobs, runs them, records results, and renews its leases."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from queuectl import config, jobs
+from queuectl.db import database_url, display_url, get_engine, read_only
+from queuectl.execution import Result, run_command
+from queuectl.jobs import Claim, Outcome
+from queuectl.models import Job, JobState, WorkerRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+# Longest pause between two attempts to reach a database that has gone away, in seconds.
+MAX_RECONNECT_DELAY = 30.0
+# How often the running settings are reread, in seconds.
+SETTINGS_REFRESH = 5.0
+
+
+def hostname() -> str:
+    """Return this host's name as workers record it (QUEUECTL_HOSTNAME overrides it)."""
+    return os.environ.get("QUEUECTL_HOSTNAME") or socket.gethostname()
+
+
+def register(engine: Engine, worker_id: str, name: str, queues: list[str] | None,
+             supervisor_pid: int) -> None:
+    """Insert or refresh this worker's row in the workers table."""
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        session.execute(delete(WorkerRecord).where(WorkerRecord.id == worker_id))
+        session.add(WorkerRecord(
+            id=worker_id, hostname=hostname(), pid=os.getpid(), supervisor_pid=supervisor_pid,
+            name=name, queues=",".join(queues) if queues else "*", started_at=now,
+            heartbeat_at=now, current_job=None, stop_requested=False,
+        ))
+
+
+def unregister(engine: Engine, worker_id: str) -> None:
+    """Delete a worker's row."""
+    with engine.begin() as conn:
+        conn.execute(delete(WorkerRecord.__table__).where(WorkerRecord.id == worker_id))
+
+
+def remove_stale_workers(engine: Engine, lease_seconds: float) -> int:
+    """Delete the rows of workers whose heartbeat stopped more than two leases ago."""
+    cutoff = utcnow() - timedelta(seconds=2 * lease_seconds)
+    with engine.begin() as conn:
+        result = conn.execute(
+            delete(WorkerRecord.__table__).where(WorkerRecord.heartbeat_at < cutoff)
+        )
+    return result.rowcount
+
+
+def request_stop_all(engine: Engine) -> int:
+    """Ask every registered worker, on every host, to stop gracefully; return how many."""
+    with engine.begin() as conn:
+        result = conn.execute(update(WorkerRecord.__table__).values(stop_requested=True))
+    return result.rowcount
+
+
+def list_workers(engine: Engine) -> list[tuple[WorkerRecord, str | None]]:
+    """Return the workers that are alive, each with the id of the job it is running.
+
+    A worker counts as alive while its heartbeat is younger than one lease and, on this
+    host, while its process exists.
+    """
+    lease = float(config.get_value(engine, "lease_seconds"))
+    cutoff = utcnow() - timedelta(seconds=lease)
+    this_host = hostname()
+    with Session(read_only(engine), expire_on_commit=False) as session:
+        records = list(session.scalars(select(WorkerRecord).order_by(
+            WorkerRecord.hostname, WorkerRecord.started_at, WorkerRecord.name)))
+        running = dict(session.execute(
+            select(Job.worker_id, Job.id).where(Job.state == JobState.PROCESSING.value)
+        ).all())
+    alive = []
+    for record in records:
+        if record.heartbeat_at < cutoff:
+            continue
+        if record.hostname == this_host and not pid_alive(record.pid):
+            continue
+        alive.append((record, running.get(record.id)))
+    return alive
+
+
+def pid_alive(pid: int) -> bool:
+    """Return whether a process with this pid exists (zombies included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Return whether a database error means the connection is gone, not bad SQL."""
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or type(exc).__name__ == "OperationalError"
+        or "OperationalError" in type(getattr(exc, "orig", None)).__name__
+    )
+
+
+class Worker:
+    """One worker process's loop: claim, run, record, repeat until asked to stop."""
+
+    def __init__(self, worker_id: str, name: str, queues: list[str] | None, burst: bool,
+                 supervisor_pid: int) -> None:
+        self.id = worker_id
+        self.name = name
+        self.queues = queues
+        self.burst = burst
+        self.supervisor_pid = supervisor_pid
+        self.stopping = threading.Event()  # finish the current job, then exit
+        self.forced = threading.Event()  # stop the current job now and requeue it
+        self.claim_lost = threading.Event()
+        self.exited = threading.Event()  # wakes the heartbeat thread so it can end
+        self.claim: Claim | None = None
+        self.log = logging.getLogger(f"queuectl.{name}")
+        self.engine: Engine | None = None
+        self.settings: dict = {}
+        self.settings_read_at = 0.0
+        self.recovered_at = 0.0
+        self.listener = None
+
+    # Signals ----------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """The first SIGTERM stops gracefully, the second forces; SIGINT goes to the supervisor."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, _signum, _frame) -> None:
+        if self.stopping.is_set():
+            self.forced.set()
+        self.stopping.set()
+
+    # Main loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Work until stopped (or, in burst mode, until no unfinished job is left)."""
+        self.engine = self._connect_with_retry()
+        self._with_reconnect(lambda: register(
+            self.engine, self.id, self.name, self.queues, self.supervisor_pid))
+        self.log.info("%s started (pid %s, queues %s, database %s)", self.name, os.getpid(),
+                      ",".join(self.queues) if self.queues else "all",
+                      display_url(self.engine.url), extra={"action": "worker_start"})
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-heartbeat",
+                                     daemon=True)
+        heartbeat.start()
+        try:
+            self._loop()
+        finally:
+            self.stopping.set()
+            self.exited.set()
+            heartbeat.join(timeout=5)
+            self._close_listener()
+            try:
+                unregister(self.engine, self.id)
+            except DBAPIError as exc:
+                self.log.warning("could not unregister %s: %s", self.name, _first_line(exc))
+            self.log.info("%s stopped", self.name, extra={"action": "worker_stop"})
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            self._refresh_settings()
+            self._recover_expired_leases()
+            claim = self._with_reconnect(lambda: jobs.claim_next(
+                self.engine, self.id, self.queues, self.settings["lease_seconds"]))
+            if claim is not None:
+                self._process(claim)
+                continue
+            if self.burst and not self._with_reconnect(
+                    lambda: jobs.has_unfinished_jobs(self.engine, self.queues)):
+                self.log.info("%s found no unfinished job; exiting", self.name)
+                return
+            self._wait_for_work(float(self.settings["poll_interval"]))
+
+    def _process(self, claim: Claim) -> None:
+        self.claim = claim
+        self.claim_lost.clear()
+        attempt = f"{claim.attempts}/{claim.max_retries}"
+        extra = {"job_id": claim.id, "action": "job_start"}
+        self.log.info("job %s started (attempt %s, queue %s)", claim.id, attempt, claim.queue,
+                      extra=extra)
+        timeout = claim.timeout or float(self.settings["job_timeout"]) or None
+        environment = dict(os.environ, QUEUECTL_JOB_ID=claim.id,
+                           QUEUECTL_JOB_ATTEMPT=str(claim.attempts))
+        interrupt = _AnyEvent(self.forced, self.claim_lost)
+        result = run_command(claim.command, timeout, int(self.settings["output_limit"]),
+                             force=interrupt, env=environment)
+        try:
+            self._record(claim, result)
+        finally:
+            self.claim = None
+
+    def _record(self, claim: Claim, result: Result) -> None:
+        """Store an attempt's result, retrying until the database takes it."""
+        attempt = f"{claim.attempts}/{claim.max_retries}"
+        extra = {"job_id": claim.id, "action": "job_end"}
+        if self.claim_lost.is_set():
+            self.log.warning("job %s was recovered by another worker while running here; "
+                             "its result is discarded", claim.id, extra=extra)
+            return
+        if result.interrupted:
+            released = self._with_reconnect(
+                lambda: jobs.release(self.engine, claim, "interrupted by a forced stop"),
+                give_up=None)
+            if released:
+                self.log.warning("job %s interrupted by a forced stop and returned to the "
+                                 "queue (attempt not counted)", claim.id, extra=extra)
+            return
+        if result.succeeded:
+            outcome = self._with_reconnect(
+                lambda: jobs.complete(self.engine, claim, result.exit_code, result.output),
+                give_up=None)
+        else:
+            outcome = self._with_reconnect(
+                lambda: jobs.fail(self.engine, claim, result.error, result.exit_code,
+                                  result.output),
+                give_up=None)
+        self._log_outcome(claim, attempt, result, outcome, extra)
+
+    def _log_outcome(self, claim: Claim, attempt: str, result: Result, outcome: Outcome,
+                     extra: dict) -> None:
+        if outcome is None:
+            return
+        if not outcome.recorded:
+            self.log.warning("job %s was taken over before its result was stored; the result "
+                             "is discarded", claim.id, extra=extra)
+        elif outcome.state is JobState.COMPLETED:
+            self.log.info("job %s completed (attempt %s, exit code 0)", claim.id, attempt,
+                          extra=extra)
+        elif outcome.state is JobState.FAILED:
+            self.log.info("job %s failed (attempt %s, %s), retry in %ss", claim.id, attempt,
+                          result.error, _seconds(outcome.retry_in), extra=extra)
+        else:
+            self.log.warning("job %s moved to the DLQ after %s attempts (%s)", claim.id,
+                             claim.attempts, result.error, extra=extra)
+
+    # Database resilience ----------------------------------------------------------------
+
+    def _connect_with_retry(self) -> Engine:
+        delay = 1.0
+        while True:
+            try:
+                return get_engine()
+            except Exception as exc:  # noqa: BLE001 - any failure to open is retried
+                if self.stopping.is_set():
+                    raise
+                self.log.error("cannot open the database %s: %s; retrying in %ss",
+                               display_url(database_url()), _first_line(exc), _seconds(delay))
+                self.stopping.wait(delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+
+    _GIVE_UP_ON_STOP = object()
+
+    def _with_reconnect(self, operation, give_up=_GIVE_UP_ON_STOP):
+        """Run a database operation, retrying with backoff while the connection is lost.
+
+        By default a pending stop ends the retries (the caller then sees None). With
+        give_up=None the operation is retried until it succeeds or the worker is forced to
+        stop, because it stores a finished job's result.
+        """
+        delay = 0.5
+        while True:
+            try:
+                return operation()
+            except DBAPIError as exc:
+                if not is_connection_error(exc):
+                    raise
+                stop = self.forced if give_up is None else self.stopping
+                if stop.is_set():
+                    self.log.error("giving up on the database after a stop request: %s",
+                                   _first_line(exc))
+                    return None
+                self.log.error("database error: %s; retrying in %ss", _first_line(exc),
+                               _seconds(delay), extra={"action": "db_retry"})
+                self._close_listener()
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+
+    # Settings, recovery and waiting -----------------------------------------------------
+
+    def _refresh_settings(self) -> None:
+        if time.monotonic() - self.settings_read_at < SETTINGS_REFRESH and self.settings:
+            return
+        values = self._with_reconnect(lambda: config.effective_values(self.engine))
+        if values is not None:
+            self.settings = values
+            self.settings_read_at = time.monotonic()
+
+    def _recover_expired_leases(self) -> None:
+        """Every half lease, fail the jobs of workers that stopped renewing their leases."""
+        lease = float(self.settings["lease_seconds"])
+        if time.monotonic() - self.recovered_at < lease / 2:
+            return
+        self.recovered_at = time.monotonic()
+        recovered = self._with_reconnect(lambda: jobs.recover_expired(self.engine)) or []
+        for claim, outcome in recovered:
+            self.log.warning("job %s recovered from a lost worker (attempt %s/%s): now %s",
+                             claim.id, claim.attempts, claim.max_retries, outcome.state.value,
+                             extra={"job_id": claim.id, "action": "lease_expired"})
+        self._with_reconnect(lambda: remove_stale_workers(self.engine, lease))
+
+    def _wait_for_work(self, timeout: float) -> None:
+        """Sleep until new work may be due: a PostgreSQL notification, a stop, or the timeout."""
+        if self.engine.dialect.name == "postgresql":
+            try:
+                if self._wait_for_notification(timeout):
+                    return
+            except Exception as exc:  # noqa: BLE001 - the poll below still finds the work
+                self.log.warning("LISTEN connection failed: %s; polling instead", _first_line(exc))
+                self._close_listener()
+        self.log.debug("%s idle; polling again in %ss", self.name, timeout)
+        self.stopping.wait(timeout)
+
+    def _wait_for_notification(self, timeout: float) -> bool:
+        import psycopg
+
+        if self.listener is None:
+            url = self.engine.url.set(drivername="postgresql")
+            self.listener = psycopg.connect(url.render_as_string(hide_password=False),
+                                            autocommit=True, connect_timeout=10)
+            self.listener.execute("LISTEN queuectl_jobs")
+        # Wake at least every half second to notice a stop request.
+        deadline = time.monotonic() + timeout
+        while not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            for _ in self.listener.notifies(timeout=min(remaining, 0.5), stop_after=1):
+                return True
+        return True
+
+    def _close_listener(self) -> None:
+        if self.listener is not None:
+            try:
+                self.listener.close()
+            except Exception:  # noqa: BLE001 - the connection is being discarded
+                pass
+            self.listener = None
+
+    # Heartbeat --------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        """Renew the worker's heartbeat and the current job's lease every third of a lease."""
+        while not self.stopping.is_set() or self.claim is not None:
+            lease = float(self.settings.get("lease_seconds", 30))
+            try:
+                self._beat(lease)
+            except DBAPIError as exc:
+                self.log.error("heartbeat failed: %s", _first_line(exc),
+                               extra={"action": "heartbeat"})
+            if self.exited.wait(lease / 3):
+                return
+
+    def _beat(self, lease: float) -> None:
+        claim = self.claim
+        if claim is not None and not jobs.renew_lease(self.engine, claim, lease):
+            if self.claim is claim:
+                self.log.warning("lost the lease on job %s; stopping it", claim.id,
+                                 extra={"job_id": claim.id, "action": "lease_lost"})
+                self.claim_lost.set()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(WorkerRecord.__table__).where(WorkerRecord.id == self.id)
+                .values(heartbeat_at=utcnow(), current_job=claim.id if claim else None)
+                .returning(WorkerRecord.stop_requested)
+            ).first()
+        if row is None:
+            register(self.engine, self.id, self.name, self.queues, self.supervisor_pid)
+        elif row.stop_requested and not self.stopping.is_set():
+            self.log.info("%s asked to stop through the database", self.name)
+            self.stopping.set()
+
+
+class _AnyEvent:
+    """A read-only view that is set when any of several events is set."""
+
+    def __init__(self, *events: threading.Event) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self.events)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
