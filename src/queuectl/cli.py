@@ -24,6 +24,8 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,  # database URLs hold passwords
+    # Plain help and usage errors: no boxes in logs and pipes, and no Rich import at start.
+    rich_markup_mode=None,
 )
 worker_app = typer.Typer(help="Start, run and stop worker processes.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Inspect and retry jobs in the dead letter queue.",
@@ -114,27 +116,78 @@ def init_db() -> None:
 
 @app.command()
 def enqueue(
-    payload: Annotated[Optional[str], typer.Argument(
-        help='The job as a JSON object, such as \'{"id":"job1","command":"sleep 2"}\'.',
+    job: Annotated[Optional[list[str]], typer.Argument(
+        help='The job as a JSON object (\'{"id":"job1","command":"sleep 2"}\'), a shell '
+             "command line, or after --, a program and its arguments, quoted for you.",
         show_default=False)] = None,
     file: Annotated[Optional[str], typer.Option(
         "--file", "-f", help="Read one JSON job per line from this file ('-' for stdin); "
                              "all of them are enqueued or none.")] = None,
+    job_id: Annotated[Optional[str], typer.Option("--id", help="The job's id.")] = None,
+    priority: Annotated[Optional[int], typer.Option(
+        "--priority", "-p", help="Higher runs first; default 0.")] = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", help="Queue name.")] = None,
+    run_at: Annotated[Optional[str], typer.Option(
+        "--run-at", help="Run no earlier than this ISO 8601 time (local if no offset).")] = None,
+    delay: Annotated[Optional[float], typer.Option(
+        "--delay", help="Run no earlier than this many seconds from now.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", help="Seconds before an attempt is killed.")] = None,
+    max_retries: Annotated[Optional[int], typer.Option(
+        "--max-retries", help="Attempts before the job moves to the dead letter queue.")] = None,
 ) -> None:
-    """Add jobs to the queue and print their ids."""
-    from queuectl import jobs, spec
+    """Add jobs to the queue and print their ids.
 
-    if (payload is None) == (file is None):
-        raise InvalidInput("give one JSON job, or --file with one JSON job per line")
-    if payload is not None:
-        specs = [spec.parse_payload(payload)]
+    Options set the fields of every job; a field in a JSON job overrides its option.
+    """
+    from queuectl import jobs
+
+    options = {"id": job_id, "priority": priority, "queue": queue, "run_at": run_at,
+               "delay": delay, "timeout": timeout, "max_retries": max_retries}
+    options = {name: value for name, value in options.items() if value is not None}
+    if file is not None:
+        if job:
+            raise InvalidInput("give jobs either as an argument or with --file, not both")
+        if "id" in options:
+            raise InvalidInput("--id cannot be used with --file, because ids must be unique")
+        specs = _read_job_file(file, options)
+    elif job:
+        specs = [_job_from_arguments(job, options)]
     else:
-        specs = _read_job_file(file)
-    created = jobs.enqueue_many(_engine(), specs)
+        raise InvalidInput("give a JSON job, a command, or --file with one JSON job per line")
+    engine = _engine()
+    if len(specs) > 1 and sys.stderr.isatty():
+        created = _enqueue_with_progress(engine, specs)
+    else:
+        created = jobs.enqueue_many(engine, specs)
     sys.stdout.write("".join(f"{job.id}\n" for job in created))
 
 
-def _read_job_file(name: str) -> list:
+def _job_from_arguments(arguments: list[str], options: dict):
+    """Build a job from the command line: JSON, one shell command line, or an argv to quote."""
+    from queuectl import spec
+
+    if len(arguments) == 1 and arguments[0].lstrip()[:1] in ("{", "["):
+        return spec.parse_payload(arguments[0], options)
+    if len(arguments) == 1:
+        command = arguments[0]
+    else:
+        command = spec.command_from_argv(arguments)
+    return spec.validate_payload({**options, "command": command})
+
+
+def _enqueue_with_progress(engine, specs: list) -> list:
+    from rich.progress import Progress
+
+    from queuectl import jobs
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task("enqueueing", total=len(specs))
+        return jobs.enqueue_many(
+            engine, specs, on_progress=lambda done: progress.update(task, completed=done))
+
+
+def _read_job_file(name: str, options: dict) -> list:
     from queuectl import spec
 
     try:
@@ -148,7 +201,7 @@ def _read_job_file(name: str) -> list:
                 if not line.strip():
                     continue
                 try:
-                    specs.append(spec.parse_payload(line))
+                    specs.append(spec.parse_payload(line, options))
                 except InvalidInput as exc:
                     raise InvalidInput(f"line {number} of {name}: {exc.message}") from None
         except UnicodeDecodeError:
@@ -162,7 +215,7 @@ def _read_job_file(name: str) -> list:
 def list_command(
     state: Annotated[Optional[str], typer.Option(
         "--state", "-s", help="Only jobs in this state: pending, processing, completed, "
-                              "failed or dead.")] = None,
+                              "failed, dead or cancelled.")] = None,
     queue: Annotated[Optional[str], typer.Option("--queue", help="Only jobs of this queue.")] = None,
     limit: Annotated[int, typer.Option(
         "--limit", "-n", min=0, help="Show at most this many jobs, newest first; 0 for all.")] = 50,
@@ -240,6 +293,141 @@ def status(as_json: JsonOption = False) -> None:
     )
 
 
+JobIds = Annotated[list[str], typer.Argument(help="Job ids.", show_default=False)]
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="The job's id.", show_default=False)],
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing new output until the job finishes.")] = False,
+) -> None:
+    """Print a job's captured output (the tail of its stdout and stderr)."""
+    import time
+
+    from queuectl import jobs
+    from queuectl.models import JobState
+
+    engine = _engine()
+    job = jobs.get_job(engine, job_id)
+    shown = job.output or ""
+    sys.stdout.write(shown)
+    sys.stdout.flush()
+    while follow and job.state in (JobState.PENDING.value, JobState.PROCESSING.value,
+                                   JobState.FAILED.value):
+        time.sleep(0.5)
+        job = jobs.get_job(engine, job_id)
+        current = job.output or ""
+        if job.state == JobState.PROCESSING.value and current and current != shown:
+            sys.stdout.write(_new_text(shown, current))
+            sys.stdout.flush()
+            shown = current
+        elif job.state != JobState.PROCESSING.value:
+            if current != shown:
+                sys.stdout.write(_new_text(shown, current))
+            shown = current
+    if shown and not shown.endswith("\n"):
+        sys.stdout.write("\n")
+
+
+def _new_text(shown: str, current: str) -> str:
+    """Return the part of the current output tail that follows what was printed already."""
+    if current.startswith(shown):
+        return current[len(shown):]
+    anchor = shown[-256:]
+    position = current.rfind(anchor) if anchor else -1
+    if position >= 0:
+        return current[position + len(anchor):]
+    return "\n[output skipped]\n" + current  # the tail moved past what was printed
+
+
+@app.command()
+def cancel(job_ids: JobIds) -> None:
+    """Cancel jobs: waiting ones never run, running ones have their processes stopped."""
+    from queuectl import jobs
+
+    previous = jobs.cancel(_engine(), list(dict.fromkeys(job_ids)))
+    for job_id, state in previous.items():
+        sys.stdout.write(f"{job_id}\n")
+        if state == "processing":
+            stderr(f"job {job_id} was running; its worker stops it within seconds")
+    stderr(f"cancelled {len(previous)} job(s)")
+
+
+@app.command()
+def retry(job_ids: JobIds) -> None:
+    """Run failed, dead or cancelled jobs again now, with their attempts reset to 0."""
+    from queuectl import jobs
+
+    ids = jobs.retry(_engine(), list(dict.fromkeys(job_ids)))
+    sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
+    stderr(f"moved {len(ids)} job(s) back to pending")
+
+
+@app.command()
+def wait(
+    job_ids: JobIds,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", min=0, help="Give up after this many seconds (exit 1).")] = None,
+) -> None:
+    """Wait until the jobs finish; exit 0 if all completed, 1 otherwise."""
+    import time
+
+    from queuectl import jobs
+    from queuectl.models import FINAL_STATES
+
+    engine = _engine()
+    ids = list(dict.fromkeys(job_ids))
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    delay = 0.05
+    while True:
+        states = jobs.states_of(engine, ids)
+        unfinished = [job_id for job_id, state in states.items() if state not in FINAL_STATES]
+        if not unfinished:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            stderr(f"error: timed out after {timeout:g} s; {len(unfinished)} job(s) unfinished, "
+                   f"such as {unfinished[0]!r}")
+            raise typer.Exit(EXIT_FAILED)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    for job_id, state in states.items():
+        sys.stdout.write(f"{job_id}\t{state}\n")
+    if any(state != "completed" for state in states.values()):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def prune(
+    older_than: Annotated[str, typer.Option(
+        "--older-than", help="Age of the finished jobs to delete, such as 30m, 12h or 7d.")],
+) -> None:
+    """Delete finished jobs (completed, cancelled and dead) older than an age."""
+    from queuectl import jobs
+    from queuectl.models import JobState
+
+    age = _parse_age(older_than)
+    deleted = jobs.delete_finished(
+        _engine(), (JobState.COMPLETED, JobState.CANCELLED, JobState.DEAD), age)
+    stderr(f"deleted {deleted} finished job(s) older than {older_than}")
+
+
+def _parse_age(text: str):
+    """Parse an age such as 90s, 30m, 12h, 7d or 2w."""
+    import re
+    from datetime import timedelta
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not match:
+        raise InvalidInput(f"invalid age {text!r}; use a number and a unit, such as 30m, 12h "
+                           "or 7d (units: s, m, h, d, w)")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    try:
+        return timedelta(**{unit[match.group(2)]: float(match.group(1))})
+    except OverflowError:
+        raise InvalidInput(f"age {text!r} is too large; use at most 1000 years") from None
+
+
 # Dead letter queue ------------------------------------------------------------------------
 
 @dlq_app.command("list")
@@ -285,6 +473,16 @@ def dlq_retry(
     for job_id in ids:
         sys.stdout.write(f"{job_id}\n")
     stderr(f"moved {len(ids)} job(s) from the DLQ back to pending")
+
+
+@dlq_app.command("purge")
+def dlq_purge() -> None:
+    """Delete every job in the dead letter queue."""
+    from queuectl import jobs
+    from queuectl.models import JobState
+
+    deleted = jobs.delete_finished(_engine(), (JobState.DEAD,))
+    stderr(f"deleted {deleted} dead job(s)")
 
 
 # Configuration ----------------------------------------------------------------------------

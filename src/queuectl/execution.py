@@ -42,22 +42,28 @@ class OutputTail:
         self.chunks: deque[bytes] = deque()
         self.size = 0
         self.dropped = 0
+        self.total = 0  # bytes appended so far; tells a reader whether anything is new
+        # The worker's heartbeat thread reads the tail while the main thread appends.
+        self.lock = threading.Lock()
 
     def append(self, data: bytes) -> None:
-        if self.limit <= 0:
-            self.dropped += len(data)
-            return
-        self.chunks.append(data)
-        self.size += len(data)
-        while self.size - len(self.chunks[0]) >= self.limit:
-            first = self.chunks.popleft()
-            self.size -= len(first)
-            self.dropped += len(first)
+        with self.lock:
+            self.total += len(data)
+            if self.limit <= 0:
+                self.dropped += len(data)
+                return
+            self.chunks.append(data)
+            self.size += len(data)
+            while self.size - len(self.chunks[0]) >= self.limit:
+                first = self.chunks.popleft()
+                self.size -= len(first)
+                self.dropped += len(first)
 
     def text(self) -> str:
         """Decode the tail for storage: invalid UTF-8 and NUL bytes become U+FFFD."""
-        data = b"".join(self.chunks)
-        dropped = self.dropped
+        with self.lock:
+            data = b"".join(self.chunks)
+            dropped = self.dropped
         if len(data) > self.limit:
             dropped += len(data) - self.limit
             data = data[len(data) - self.limit:]
@@ -122,14 +128,16 @@ def run_command(
     output_limit: int,
     force: threading.Event | None = None,
     env: dict[str, str] | None = None,
+    tail: OutputTail | None = None,
 ) -> Result:
     """Run a command with `sh -c` in a new session and wait for it.
 
     The command's stdout and stderr are read into one bounded tail, so no amount of output
     blocks it on a full pipe or fills memory. When `timeout` seconds pass, or `force` is set,
-    the whole process group is stopped, grandchildren included.
+    the whole process group is stopped, grandchildren included. A caller that passes its
+    own `tail` can read the output while the command runs.
     """
-    tail = OutputTail(output_limit)
+    tail = tail if tail is not None else OutputTail(output_limit)
     try:
         process = subprocess.Popen(
             [SHELL, "-c", command],

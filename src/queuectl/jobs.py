@@ -7,6 +7,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Callable
 
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from queuectl import config
 from queuectl.db import read_only
 from queuectl.errors import DuplicateJob, InvalidInput, InvalidState, JobNotFound
-from queuectl.models import CLAIMABLE_STATES, Job, JobState, utcnow
+from queuectl.models import CLAIMABLE_STATES, FINAL_STATES, Job, JobState, utcnow
 from queuectl.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,16 @@ def enqueue(engine: Engine, spec: JobSpec) -> Job:
     return enqueue_many(engine, [spec])[0]
 
 
-def enqueue_many(engine: Engine, specs: list[JobSpec]) -> list[Job]:
-    """Insert jobs in one transaction: all of them, or none if any id is taken."""
+# Rows per INSERT statement when enqueueing in bulk.
+INSERT_CHUNK = 5000
+
+
+def enqueue_many(engine: Engine, specs: list[JobSpec],
+                 on_progress: Callable[[int], None] | None = None) -> list[Job]:
+    """Insert jobs in one transaction: all of them, or none if any id is taken.
+
+    on_progress, when given, is called with the number of jobs inserted so far.
+    """
     now = utcnow()
     default_retries = int(config.get_value(engine, "max_retries"))
     rows = [_job_row(spec, default_retries, now) for spec in specs]
@@ -65,7 +74,10 @@ def enqueue_many(engine: Engine, specs: list[JobSpec]) -> list[Job]:
         seen.add(job_id)
     try:
         with engine.begin() as conn:
-            conn.execute(jobs_table.insert(), rows)
+            for start in range(0, len(rows), INSERT_CHUNK):
+                conn.execute(jobs_table.insert(), rows[start:start + INSERT_CHUNK])
+                if on_progress is not None:
+                    on_progress(min(start + INSERT_CHUNK, len(rows)))
             notify_new_jobs(conn)
     except IntegrityError:
         taken = _existing_ids(engine, ids)
@@ -137,19 +149,31 @@ def count_by_state(engine: Engine) -> dict[str, int]:
 
 def retry_dead(engine: Engine, job_ids: list[str]) -> list[str]:
     """Move dead jobs back to pending with their attempts reset; all of them or none."""
+    return requeue(engine, job_ids, (JobState.DEAD,), "dlq retry",
+                   "run `queuectl dlq list` to see the dead jobs")
+
+
+def retry(engine: Engine, job_ids: list[str]) -> list[str]:
+    """Run failed, dead or cancelled jobs again now, with their attempts reset."""
+    return requeue(engine, job_ids, (JobState.FAILED, JobState.DEAD, JobState.CANCELLED),
+                   "retry", "run `queuectl list` to see the job ids")
+
+
+def requeue(engine: Engine, job_ids: list[str], allowed: tuple[JobState, ...], action: str,
+            hint: str) -> list[str]:
+    """Move jobs in one of the allowed states back to pending, due now, attempts reset.
+
+    Either every job moves or none does: an unknown id or a job in another state raises.
+    """
     now = utcnow()
+    allowed_values = {state.value for state in allowed}
     with Session(engine) as session, session.begin():
-        found = {
-            job.id: job for job in session.scalars(select(Job).where(Job.id.in_(job_ids)))
-        }
-        for job_id in job_ids:
-            job = found.get(job_id)
-            if job is None:
-                raise JobNotFound(job_id, hint="run `queuectl dlq list` to see the dead jobs")
-            if job.state != JobState.DEAD.value:
+        found = _jobs_by_id(session, job_ids, hint)
+        for job in found.values():
+            if job.state not in allowed_values:
+                names = " or ".join(sorted(allowed_values))
                 raise InvalidState(
-                    f"job {job_id!r} is {job.state}, not dead; only jobs in the DLQ can be "
-                    "retried with `dlq retry`"
+                    f"job {job.id!r} is {job.state}, not {names}; `{action}` takes only such jobs"
                 )
         for job in found.values():
             job.state = JobState.PENDING.value
@@ -160,9 +184,83 @@ def retry_dead(engine: Engine, job_ids: list[str]) -> list[str]:
         session.flush()
         notify_new_jobs(session.connection())
     for job_id in job_ids:
-        log.info("job %s moved from the DLQ back to pending", job_id,
-                 extra={"job_id": job_id, "action": "dlq_retry"})
+        log.info("job %s moved back to pending (%s)", job_id, action,
+                 extra={"job_id": job_id, "action": action.replace(" ", "_")})
     return job_ids
+
+
+def _jobs_by_id(session: Session, job_ids: list[str], hint: str) -> dict[str, Job]:
+    """Load jobs by id, in the order given, or raise JobNotFound for the first missing one."""
+    found: dict[str, Job] = {}
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start:start + 500]
+        found.update((job.id, job) for job in session.scalars(select(Job).where(Job.id.in_(chunk))))
+    for job_id in job_ids:
+        if job_id not in found:
+            raise JobNotFound(job_id, hint=hint)
+    return {job_id: found[job_id] for job_id in job_ids}
+
+
+def cancel(engine: Engine, job_ids: list[str]) -> dict[str, str]:
+    """Cancel jobs that have not finished; return each id with the state it was in.
+
+    A waiting job never runs. A running job becomes cancelled at once, and its worker
+    stops the command's process group when its next lease renewal finds the claim gone.
+    """
+    now = utcnow()
+    previous: dict[str, str] = {}
+    with Session(engine) as session, session.begin():
+        found = _jobs_by_id(session, job_ids, "run `queuectl list` to see the job ids")
+        for job in found.values():
+            if job.state in FINAL_STATES:
+                raise InvalidState(
+                    f"job {job.id!r} is already {job.state}; only pending, failed or "
+                    "processing jobs can be cancelled"
+                )
+        for job in found.values():
+            previous[job.id] = job.state
+            job.state = JobState.CANCELLED.value
+            job.updated_at = now
+            job.finished_at = now
+            job.claim_token = None
+            job.lease_expires_at = None
+            if previous[job.id] == JobState.PROCESSING.value:
+                job.last_error = "cancelled while running"
+    for job_id, state in previous.items():
+        log.info("job %s cancelled (was %s)", job_id, state,
+                 extra={"job_id": job_id, "action": "cancel"})
+    return previous
+
+
+def delete_finished(engine: Engine, states: tuple[JobState, ...],
+                    older_than: timedelta | None = None) -> int:
+    """Delete jobs in the given final states, optionally only those finished before a cutoff."""
+    values = [state.value for state in states]
+    assert set(values) <= set(FINAL_STATES), "only finished jobs may be deleted"
+    condition = jobs_table.c.state.in_(values)
+    if older_than is not None:
+        condition = condition & (jobs_table.c.updated_at < utcnow() - older_than)
+    with engine.begin() as conn:
+        result = conn.execute(jobs_table.delete().where(condition))
+    return result.rowcount
+
+
+def states_of(engine: Engine, job_ids: list[str]) -> dict[str, str]:
+    """Return the current state of each job; raise JobNotFound for an unknown id."""
+    with Session(read_only(engine)) as session:
+        found = _jobs_by_id(session, job_ids, "run `queuectl list` to see the job ids")
+        return {job_id: job.state for job_id, job in found.items()}
+
+
+def store_partial_output(engine: Engine, claim: Claim, output: str) -> None:
+    """Store the output a running job has written so far, for `queuectl logs --follow`."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == claim.id, jobs_table.c.claim_token == claim.token,
+                   jobs_table.c.state == JobState.PROCESSING.value)
+            .values(output=output)
+        )
 
 
 def dead_job_ids(engine: Engine) -> list[str]:

@@ -36,6 +36,7 @@ class JobState(str, enum.Enum):
     COMPLETED = "completed"  # the last attempt exited with status 0
     FAILED = "failed"  # an attempt failed; claimable again once its backoff has elapsed
     DEAD = "dead"  # out of attempts: the dead letter queue
+    CANCELLED = "cancelled"  # cancelled by a user; never runs again unless retried
 
     def __str__(self) -> str:
         return self.value
@@ -44,7 +45,7 @@ class JobState(str, enum.Enum):
 # States a worker may claim from, once the job's run_at has passed.
 CLAIMABLE_STATES = (JobState.PENDING.value, JobState.FAILED.value)
 # States that no worker will ever change again.
-FINAL_STATES = (JobState.COMPLETED.value, JobState.DEAD.value)
+FINAL_STATES = (JobState.COMPLETED.value, JobState.DEAD.value, JobState.CANCELLED.value)
 
 
 def utcnow() -> datetime:

@@ -50,8 +50,19 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def parse_payload(raw: str) -> JobSpec:
-    """Parse and validate one JSON job object, or raise InvalidInput naming the problem."""
+def parse_payload(raw: str, defaults: dict[str, Any] | None = None) -> JobSpec:
+    """Parse and validate one JSON job object, or raise InvalidInput naming the problem.
+
+    Fields in `defaults` (from command-line options) apply where the object lacks them.
+    """
+    data = decode_payload(raw)
+    if defaults and isinstance(data, dict):
+        data = {**defaults, **data}
+    return validate_payload(data)
+
+
+def decode_payload(raw: str) -> Any:
+    """Decode JSON text, rejecting NaN, Infinity and repeated keys."""
     try:
         data = json.loads(
             raw,
@@ -63,7 +74,7 @@ def parse_payload(raw: str) -> JobSpec:
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
             f"expected an object such as {EXAMPLE}"
         ) from None
-    return validate_payload(data)
+    return data
 
 
 def validate_payload(data: Any, now: datetime | None = None) -> JobSpec:

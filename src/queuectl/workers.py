@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from queuectl import config, jobs
 from queuectl.db import database_url, display_url, get_engine, read_only
-from queuectl.execution import Result, run_command
+from queuectl.execution import OutputTail, Result, run_command
 from queuectl.jobs import Claim, Outcome
 from queuectl.models import Job, JobState, WorkerRecord, utcnow
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 MAX_RECONNECT_DELAY = 30.0
 # How often the running settings are reread, in seconds.
 SETTINGS_REFRESH = 5.0
+# The longest pause between two heartbeats, in seconds. A heartbeat also notices a job
+# cancelled while it runs and stores the output so far, so it runs at least this often.
+MAX_HEARTBEAT_INTERVAL = 2.0
 
 
 def hostname() -> str:
@@ -128,6 +131,8 @@ class Worker:
         self.claim_lost = threading.Event()
         self.exited = threading.Event()  # wakes the heartbeat thread so it can end
         self.claim: Claim | None = None
+        self.tail: OutputTail | None = None
+        self.tail_stored = 0  # bytes of the running job's output already stored
         self.log = logging.getLogger(f"queuectl.{name}")
         self.engine: Engine | None = None
         self.settings: dict = {}
@@ -199,20 +204,24 @@ class Worker:
         environment = dict(os.environ, QUEUECTL_JOB_ID=claim.id,
                            QUEUECTL_JOB_ATTEMPT=str(claim.attempts))
         interrupt = _AnyEvent(self.forced, self.claim_lost)
-        result = run_command(claim.command, timeout, int(self.settings["output_limit"]),
-                             force=interrupt, env=environment)
+        self.tail = OutputTail(int(self.settings["output_limit"]))
+        self.tail_stored = 0
         try:
+            result = run_command(claim.command, timeout, self.tail.limit, force=interrupt,
+                                 env=environment, tail=self.tail)
             self._record(claim, result)
         finally:
             self.claim = None
+            self.tail = None
 
     def _record(self, claim: Claim, result: Result) -> None:
         """Store an attempt's result, retrying until the database takes it."""
         attempt = f"{claim.attempts}/{claim.max_retries}"
         extra = {"job_id": claim.id, "action": "job_end"}
         if self.claim_lost.is_set():
-            self.log.warning("job %s was recovered by another worker while running here; "
-                             "its result is discarded", claim.id, extra=extra)
+            self.log.warning("job %s was cancelled or recovered elsewhere while running here; "
+                             "its command was stopped and its result discarded", claim.id,
+                             extra=extra)
             return
         if result.interrupted:
             released = self._with_reconnect(
@@ -356,7 +365,10 @@ class Worker:
     # Heartbeat --------------------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
-        """Renew the worker's heartbeat and the current job's lease every third of a lease."""
+        """Renew the worker's heartbeat and the current job's lease every third of a lease.
+
+        The interval is at most MAX_HEARTBEAT_INTERVAL, however long the lease.
+        """
         while not self.stopping.is_set() or self.claim is not None:
             lease = float(self.settings.get("lease_seconds", 30))
             try:
@@ -364,16 +376,20 @@ class Worker:
             except DBAPIError as exc:
                 self.log.error("heartbeat failed: %s", _first_line(exc),
                                extra={"action": "heartbeat"})
-            if self.exited.wait(lease / 3):
+            if self.exited.wait(min(lease / 3, MAX_HEARTBEAT_INTERVAL)):
                 return
 
     def _beat(self, lease: float) -> None:
-        claim = self.claim
+        claim, tail = self.claim, self.tail
         if claim is not None and not jobs.renew_lease(self.engine, claim, lease):
             if self.claim is claim:
-                self.log.warning("lost the lease on job %s; stopping it", claim.id,
+                self.log.warning("job %s is no longer held by %s (cancelled, or its lease "
+                                 "expired); stopping it", claim.id, self.name,
                                  extra={"job_id": claim.id, "action": "lease_lost"})
                 self.claim_lost.set()
+        elif claim is not None and tail is not None and tail.total != self.tail_stored:
+            self.tail_stored = tail.total
+            jobs.store_partial_output(self.engine, claim, tail.text())
         with self.engine.begin() as conn:
             row = conn.execute(
                 update(WorkerRecord.__table__).where(WorkerRecord.id == self.id)
