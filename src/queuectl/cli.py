@@ -496,7 +496,8 @@ def config_get(key: Annotated[str, typer.Argument(help="A key such as max_retrie
     sys.stdout.write(f"{config.format_value(config.get_value(_engine(), key))}\n")
 
 
-@config_app.command("set")
+# A value such as -1 is not an option: it reaches the range check, which names the range.
+@config_app.command("set", context_settings={"ignore_unknown_options": True})
 def config_set(
     key: Annotated[str, typer.Argument(help="A key such as max_retries or max-retries.")],
     value: Annotated[str, typer.Argument(help="The new value.")],
@@ -571,8 +572,13 @@ def worker_run(
     """Run workers in the foreground; Ctrl-C stops them gracefully, a second Ctrl-C forces."""
     from queuectl import supervisor
 
+    from queuectl import db
+
     queues = _queue_list(queue)
     _engine()
+    # The supervisor forks its workers: it must hold no database connection, because a
+    # SQLite connection inherited across fork can corrupt the database file.
+    db.reset_engine()
     _log_to_file(supervisor.log_path())
     raise typer.Exit(supervisor.Supervisor(count, queues, burst).run())
 

@@ -70,6 +70,11 @@ def _prepare_sqlite_file(url: URL) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     path = Path(database).expanduser()
+    if path.exists():
+        # Never open and close an existing database file here: closing any descriptor of
+        # the file drops every POSIX lock this process's SQLite connections hold on it,
+        # which can let another process corrupt the database.
+        return
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
@@ -79,12 +84,8 @@ def _prepare_sqlite_file(url: URL) -> None:
             f"cannot open the SQLite database {str(path)!r}: {exc.strerror}; "
             "check the path and its permissions"
         ) from exc
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        try:
-            path.chmod(0o600)
-        except OSError:
-            log.warning("cannot restrict the permissions of %s", path)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o600)  # an umask or an existing ACL widened the mode of the new file
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -6,7 +6,7 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from sqlalchemy import Engine, func, select, update
@@ -96,9 +96,17 @@ def _existing_ids(engine: Engine, ids: list[str]) -> list[str]:
 
 
 def notify_new_jobs(conn) -> None:
-    """Wake idle PostgreSQL workers when the transaction commits; SQLite workers poll."""
+    """Wake idle workers: by NOTIFY on PostgreSQL, which is sent when the transaction
+    commits, and by a local datagram on SQLite.
+
+    A SQLite worker woken before the commit waits for the write lock, then sees the job.
+    """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("NOTIFY queuectl_jobs")
+    else:
+        from queuectl import wake
+
+        wake.notify(conn.engine.url)
 
 
 def get_job(engine: Engine, job_id: str) -> Job:
@@ -459,6 +467,20 @@ def recover_worker_jobs(
     """Fail the jobs held by a worker known to be dead, without waiting for the lease."""
     query = _held_jobs_query().where(jobs_table.c.worker_id == worker_id)
     return _fail_held_jobs(engine, query, error)
+
+
+def next_run_at(engine: Engine, queues: list[str] | None) -> datetime | None:
+    """Return when the next pending or failed job becomes due, or None if there is none."""
+    query = select(func.min(jobs_table.c.run_at)).where(jobs_table.c.state.in_(CLAIMABLE_STATES))
+    if queues:
+        query = query.where(jobs_table.c.queue.in_(queues))
+    with read_only(engine).connect() as conn:
+        value = conn.execute(query).scalar()
+    if isinstance(value, str):  # SQLite returns MIN() of a datetime column as text
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value
 
 
 def has_unfinished_jobs(engine: Engine, queues: list[str] | None) -> bool:

@@ -74,6 +74,16 @@ def decode_payload(raw: str) -> Any:
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
             f"expected an object such as {EXAMPLE}"
         ) from None
+    except ValueError:
+        # json.loads raises a plain ValueError for an integer of more than 4300 digits.
+        raise InvalidInput(
+            f"invalid JSON: a number is too long; expected an object such as {EXAMPLE}"
+        ) from None
+    except RecursionError:
+        raise InvalidInput(
+            "invalid JSON: arrays or objects are nested too deeply; "
+            f"expected an object such as {EXAMPLE}"
+        ) from None
     return data
 
 
@@ -127,7 +137,16 @@ def _command(data: dict[str, Any]) -> str:
         raise InvalidInput("invalid job: 'command' is empty; give the shell command to run")
     if "\x00" in command:
         raise InvalidInput("invalid job: 'command' contains a NUL character, which sh cannot run")
-    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+    try:
+        size = len(command.encode("utf-8"))
+    except UnicodeEncodeError:
+        # A lone surrogate, from a \ud800 escape or an invalid UTF-8 byte in argv, which
+        # neither database can store.
+        raise InvalidInput(
+            "invalid job: 'command' contains a lone surrogate or an invalid UTF-8 byte; "
+            "give valid UTF-8 text"
+        ) from None
+    if size > MAX_COMMAND_BYTES:
         raise InvalidInput(
             f"invalid job: 'command' is longer than {MAX_COMMAND_BYTES} bytes; "
             "put long scripts in a file and run the file"
@@ -182,7 +201,10 @@ def _seconds(data: dict[str, Any], name: str, minimum_exclusive: bool) -> float:
     expected = f"a number of seconds {bound} up to {int(MAX_SECONDS)}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"invalid job: {name!r} must be {expected}, got {json.dumps(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float is out of range as well
+        value = math.inf
     too_small = value <= 0 if minimum_exclusive else value < 0
     if not math.isfinite(value) or too_small or value > MAX_SECONDS:
         raise InvalidInput(f"invalid job: {name!r} is {data[name]}, out of range; expected {expected}")
@@ -199,9 +221,16 @@ def parse_time(value: Any, name: str = "run_at") -> datetime:
         raise InvalidInput(
             f"invalid {name} {value!r}: expected an ISO 8601 time such as 2026-01-31T14:30:00+01:00"
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()  # the local time zone, as the user sees it
-    return parsed.astimezone(timezone.utc)
+    try:
+        if parsed.tzinfo is None:
+            parsed = parsed.astimezone()  # the local time zone, as the user sees it
+        return parsed.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        # Such as 0001-01-01T00:00:00+01:00, which is before year 1 in UTC.
+        raise InvalidInput(
+            f"invalid {name} {value!r}: the time is out of range; give a time between "
+            "the years 1 and 9999 in UTC"
+        ) from None
 
 
 def command_from_argv(argv: list[str]) -> str:

@@ -19,6 +19,7 @@ from queuectl.db import database_url, display_url, get_engine, read_only
 from queuectl.execution import OutputTail, Result, run_command
 from queuectl.jobs import Claim, Outcome
 from queuectl.models import Job, JobState, WorkerRecord, utcnow
+from queuectl.wake import WakeListener, wake_dir
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ class Worker:
         self.settings: dict = {}
         self.settings_read_at = 0.0
         self.recovered_at = 0.0
-        self.listener = None
+        self.listener = None  # PostgreSQL connection that LISTENs for new jobs
+        self.wake_listener: WakeListener | None = None  # SQLite wake-up socket
 
     # Signals ----------------------------------------------------------------------------
 
@@ -151,12 +153,16 @@ class Worker:
         if self.stopping.is_set():
             self.forced.set()
         self.stopping.set()
+        if self.wake_listener is not None:
+            self.wake_listener.wake()
 
     # Main loop --------------------------------------------------------------------------
 
     def run(self) -> None:
         """Work until stopped (or, in burst mode, until no unfinished job is left)."""
         self.engine = self._connect_with_retry()
+        if wake_dir(self.engine.url) is not None:
+            self.wake_listener = WakeListener(self.engine.url)
         self._with_reconnect(lambda: register(
             self.engine, self.id, self.name, self.queues, self.supervisor_pid))
         self.log.info("%s started (pid %s, queues %s, database %s)", self.name, os.getpid(),
@@ -172,6 +178,8 @@ class Worker:
             self.exited.set()
             heartbeat.join(timeout=5)
             self._close_listener()
+            if self.wake_listener is not None:
+                self.wake_listener.close()
             try:
                 unregister(self.engine, self.id)
             except DBAPIError as exc:
@@ -191,7 +199,7 @@ class Worker:
                     lambda: jobs.has_unfinished_jobs(self.engine, self.queues)):
                 self.log.info("%s found no unfinished job; exiting", self.name)
                 return
-            self._wait_for_work(float(self.settings["poll_interval"]))
+            self._wait_for_work(self._idle_timeout())
 
     def _process(self, claim: Claim) -> None:
         self.claim = claim
@@ -324,8 +332,19 @@ class Worker:
                              extra={"job_id": claim.id, "action": "lease_expired"})
         self._with_reconnect(lambda: remove_stale_workers(self.engine, lease))
 
+    def _idle_timeout(self) -> float:
+        """Return how long to sleep: the poll interval, or less when a job is due sooner."""
+        poll = float(self.settings["poll_interval"])
+        due = self._with_reconnect(lambda: jobs.next_run_at(self.engine, self.queues))
+        if due is None:
+            return poll
+        return min(poll, max((due - utcnow()).total_seconds(), 0.0))
+
     def _wait_for_work(self, timeout: float) -> None:
-        """Sleep until new work may be due: a PostgreSQL notification, a stop, or the timeout."""
+        """Sleep until new work may be due: a wake-up, a stop, or the timeout."""
+        if self.wake_listener is not None:
+            self.wake_listener.wait(timeout)
+            return
         if self.engine.dialect.name == "postgresql":
             try:
                 if self._wait_for_notification(timeout):
@@ -401,6 +420,8 @@ class Worker:
         elif row.stop_requested and not self.stopping.is_set():
             self.log.info("%s asked to stop through the database", self.name)
             self.stopping.set()
+            if self.wake_listener is not None:
+                self.wake_listener.wake()
 
 
 class _AnyEvent:
