@@ -94,6 +94,7 @@ class Supervisor:
     def run(self) -> int:
         """Supervise until every worker has exited; return the exit status."""
         multiprocessing.current_process().name = "supervisor"
+        become_subreaper()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("supervisor %s starting %s worker(s)", os.getpid(), self.count)
@@ -130,6 +131,7 @@ class Supervisor:
         for slot in running:
             if not slot.process.is_alive():
                 self._handle_exit(slot)
+        self._reap_orphans()
         for slot in waiting:
             if not self.stop_requests and time.monotonic() >= slot.restart_at:
                 self._start(slot)
@@ -148,6 +150,7 @@ class Supervisor:
             return
         reason = (f"killed by {signal.Signals(-code).name}" if code < 0
                   else f"exited with status {code}")
+        self._stop_orphaned_jobs()
         self._recover_jobs(slot, f"worker lost ({reason})")
         now = time.monotonic()
         slot.deaths = [t for t in slot.deaths if now - t < RESTART_WINDOW] + [now]
@@ -155,6 +158,38 @@ class Supervisor:
         slot.restart_at = now + pause
         log.warning("%s (pid %s) %s; restarting it in %ss", slot.name, process.pid, reason,
                     pause)
+
+    def _orphans(self) -> list[int]:
+        """Return this process's children that are not workers: re-parented descendants."""
+        workers = {slot.process.pid for slot in self.slots if slot.process is not None}
+        return [pid for pid in _child_pids(os.getpid()) if pid not in workers]
+
+    def _stop_orphaned_jobs(self) -> None:
+        """Kill the process groups of the jobs whose worker just died.
+
+        A job runs in its own process group. When its worker is killed, the job's shell is
+        re-parented to the supervisor (a child subreaper) and its group is stopped here, so
+        the recovered job never runs twice at the same time.
+        NOTE: a background process left by an earlier, finished job is re-parented here
+        too and is stopped along with them.
+        """
+        for pid in self._orphans():
+            try:
+                pgid = os.getpgid(pid)
+                if pgid == os.getpgrp():
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _reap_orphans(self) -> None:
+        """Collect the exit status of re-parented processes that ended, so none stays a zombie."""
+        for pid in self._orphans():
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
     def _recover_jobs(self, slot: Slot, error: str) -> None:
         """Fail at once the job a dead worker held, instead of waiting for its lease."""
@@ -190,6 +225,35 @@ class Supervisor:
         temporary = self.pid_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(record))
         os.replace(temporary, self.pid_file)
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants of this process its children instead of init's (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_child_subreaper = 36
+        libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("cannot become a child subreaper; orphaned jobs go to init")
+
+
+def _child_pids(parent: int) -> list[int]:
+    """Return the pids of a process's children, read from /proc."""
+    children = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        # The fields after the command name, which is in brackets and may contain spaces.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == parent:
+            children.append(int(name))
+    return children
 
 
 def _host() -> str:
