@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import uuid
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -310,6 +311,43 @@ class Outcome:
     recorded: bool = True  # False when the claim was lost and the result discarded
 
 
+@functools.cache
+def _claim_statement(by_queue: bool):
+    """Build the claim UPDATE once per process; executions only bind new values.
+
+    Building SQLAlchemy statements costs about as much as running them on SQLite, and a
+    worker claims once per job.
+    """
+    candidate = select(jobs_table.c.seq).where(
+        jobs_table.c.state.in_(CLAIMABLE_STATES), jobs_table.c.run_at <= bindparam("now")
+    )
+    if by_queue:
+        candidate = candidate.where(jobs_table.c.queue.in_(bindparam("queues", expanding=True)))
+    candidate = (
+        candidate.order_by(jobs_table.c.priority.desc(), jobs_table.c.seq)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        update(jobs_table)
+        .where(jobs_table.c.seq == candidate, jobs_table.c.state.in_(CLAIMABLE_STATES))
+        .values(
+            state=JobState.PROCESSING.value,
+            attempts=jobs_table.c.attempts + 1,
+            claim_token=bindparam("token"),
+            worker_id=bindparam("worker_id"),
+            started_at=bindparam("now"),
+            updated_at=bindparam("now"),
+            lease_expires_at=bindparam("lease_expires_at"),
+        )
+        .returning(
+            jobs_table.c.id, jobs_table.c.command, jobs_table.c.queue,
+            jobs_table.c.attempts, jobs_table.c.max_retries, jobs_table.c.timeout,
+        )
+    )
+
+
 def claim_next(
     engine: Engine, worker_id: str, queues: list[str] | None, lease_seconds: float
 ) -> Claim | None:
@@ -320,37 +358,13 @@ def claim_next(
     the state, and BEGIN IMMEDIATE makes it the only writer, so exactly one worker wins.
     """
     now = utcnow()
-    candidate = select(jobs_table.c.seq).where(
-        jobs_table.c.state.in_(CLAIMABLE_STATES), jobs_table.c.run_at <= now
-    )
-    if queues:
-        candidate = candidate.where(jobs_table.c.queue.in_(queues))
-    candidate = (
-        candidate.order_by(jobs_table.c.priority.desc(), jobs_table.c.seq)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
     token = secrets.token_hex(16)
-    statement = (
-        update(jobs_table)
-        .where(jobs_table.c.seq == candidate, jobs_table.c.state.in_(CLAIMABLE_STATES))
-        .values(
-            state=JobState.PROCESSING.value,
-            attempts=jobs_table.c.attempts + 1,
-            claim_token=token,
-            worker_id=worker_id,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-        )
-        .returning(
-            jobs_table.c.id, jobs_table.c.command, jobs_table.c.queue,
-            jobs_table.c.attempts, jobs_table.c.max_retries, jobs_table.c.timeout,
-        )
-    )
+    params = {"now": now, "token": token, "worker_id": worker_id,
+              "lease_expires_at": now + timedelta(seconds=lease_seconds)}
+    if queues:
+        params["queues"] = list(queues)
     with engine.begin() as conn:
-        row = conn.execute(statement).first()
+        row = conn.execute(_claim_statement(bool(queues)), params).first()
     if row is None:
         return None
     return Claim(row.id, row.command, row.queue, row.attempts, row.max_retries, row.timeout, token)
@@ -369,14 +383,26 @@ def renew_lease(engine: Engine, claim: Claim, lease_seconds: float) -> bool:
     return result.rowcount == 1
 
 
+@functools.cache
+def _complete_statement():
+    """Build the UPDATE that records a successful attempt, once per process."""
+    return (
+        update(jobs_table)
+        .where(jobs_table.c.id == bindparam("job_id"),
+               jobs_table.c.claim_token == bindparam("token"),
+               jobs_table.c.state == JobState.PROCESSING.value)
+        .values(state=JobState.COMPLETED.value, exit_code=bindparam("exit_code"),
+                last_error=None, output=bindparam("output"), finished_at=bindparam("now"),
+                updated_at=bindparam("now"), claim_token=None, lease_expires_at=None)
+    )
+
+
 def complete(engine: Engine, claim: Claim, exit_code: int, output: str | None) -> Outcome:
     """Record a successful attempt; the job becomes completed."""
-    now = utcnow()
-    values = dict(
-        state=JobState.COMPLETED.value, exit_code=exit_code, last_error=None, output=output,
-        finished_at=now, updated_at=now, claim_token=None, lease_expires_at=None,
-    )
-    recorded = _update_claimed(engine, claim, values)
+    params = {"job_id": claim.id, "token": claim.token, "exit_code": exit_code,
+              "output": output, "now": utcnow()}
+    with engine.begin() as conn:
+        recorded = conn.execute(_complete_statement(), params).rowcount == 1
     return Outcome(JobState.COMPLETED, recorded=recorded)
 
 

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 MAX_RECONNECT_DELAY = 30.0
 # How often the running settings are reread, in seconds.
 SETTINGS_REFRESH = 5.0
+# Seconds an idle worker waits after its LISTEN connection failed before it looks for jobs
+# and listens again. Waiting the whole poll interval would leave it deaf to new jobs.
+LISTEN_RETRY_DELAY = 1.0
 # The longest pause between two heartbeats, in seconds. A heartbeat also notices a job
 # cancelled while it runs and stores the output so far, so it runs at least this often.
 MAX_HEARTBEAT_INTERVAL = 2.0
@@ -350,8 +353,10 @@ class Worker:
                 if self._wait_for_notification(timeout):
                     return
             except Exception as exc:  # noqa: BLE001 - the poll below still finds the work
-                self.log.warning("LISTEN connection failed: %s; polling instead", _first_line(exc))
+                self.log.warning("LISTEN connection failed: %s; listening again in %ss",
+                                 _first_line(exc), _seconds(LISTEN_RETRY_DELAY))
                 self._close_listener()
+                timeout = min(timeout, LISTEN_RETRY_DELAY)
         self.log.debug("%s idle; polling again in %ss", self.name, timeout)
         self.stopping.wait(timeout)
 
@@ -363,6 +368,8 @@ class Worker:
             self.listener = psycopg.connect(url.render_as_string(hide_password=False),
                                             autocommit=True, connect_timeout=10)
             self.listener.execute("LISTEN queuectl_jobs")
+            # A job enqueued before LISTEN sent no notification here, so look for jobs again.
+            return True
         # Wake at least every half second to notice a stop request.
         deadline = time.monotonic() + timeout
         while not self.stopping.is_set():
