@@ -195,15 +195,22 @@ def _read_job_file(name: str, options: dict) -> list:
     except OSError as exc:
         raise InvalidInput(f"cannot read {name!r}: {exc.strerror}") from None
     specs = []
+    line_of_id: dict[str, int] = {}
     with stream:
         try:
             for number, line in enumerate(stream, start=1):
                 if not line.strip():
                     continue
                 try:
-                    specs.append(spec.parse_payload(line, options))
+                    job = spec.parse_payload(line, options)
                 except InvalidInput as exc:
                     raise InvalidInput(f"line {number} of {name}: {exc.message}") from None
+                if job.id in line_of_id:
+                    raise InvalidInput(f"line {number} of {name}: job id {job.id!r} is already "
+                                       f"on line {line_of_id[job.id]}; give each job its own id")
+                if job.id is not None:
+                    line_of_id[job.id] = number
+                specs.append(job)
         except UnicodeDecodeError:
             raise InvalidInput(f"{name!r} is not UTF-8 text") from None
     if not specs:
@@ -626,6 +633,112 @@ def _log_to_file(path: Path) -> None:
         root_logger.addHandler(handler)
 
 
+# Watching ---------------------------------------------------------------------------------
+
+@app.command()
+def top(
+    once: Annotated[bool, typer.Option(
+        "--once", help="Print one frame and exit; the default when stdout is not a "
+                       "terminal.")] = False,
+) -> None:
+    """Watch the queue live: counts, throughput, workers and recent failures; q quits."""
+    from rich.console import Console
+
+    from queuectl import db, snapshot
+    from queuectl import top as top_view
+
+    engine = _engine()
+    colored = State.style.colored()
+    if once or not sys.stdout.isatty():
+        # Like tables: escape sequences only with colour, which --color always forces.
+        console = Console(no_color=not colored, force_terminal=colored, highlight=False)
+        console.print(top_view.render(snapshot.take_snapshot(engine)))
+        return
+    console = Console(no_color=not colored, highlight=False)
+    try:
+        top_view.run(lambda: snapshot.take_snapshot(engine),
+                     lambda exc: db.unavailable(engine.url, exc).message, console)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C leaves the view like q does
+
+
+@app.command("metrics")
+def metrics_command(
+    window: Annotated[str, typer.Option(
+        "--window", "-w", help="How far back to look, such as 15m, 2h or 1d.")] = "60m",
+    as_json: JsonOption = False,
+) -> None:
+    """Show completed and failed jobs per minute, success rate and latency per queue."""
+    from queuectl import metrics, output
+
+    report = metrics.compute_metrics(_engine(), _parse_window(window))
+    if as_json:
+        output.print_json(report.to_dict())
+        return
+    if not report.queues:
+        stderr(f"no job finished or failed in the last {window}; widen it with --window 24h")
+        return
+    rows = [_metrics_row(queue.queue, queue) for queue in report.queues]
+    if len(report.queues) > 1:
+        rows.append(_metrics_row("(all)", report.total))
+    output.print_table(
+        State.style, f"Last {window}",
+        ["QUEUE", "COMPLETED", "FAILED", "COMPLETED/MIN", "FAILED/MIN", "SUCCESS",
+         "WAIT P50", "WAIT P95", "RUN P50", "RUN P95"], rows)
+
+
+def _parse_window(text: str):
+    window = _parse_age(text)
+    if window.total_seconds() <= 0:
+        raise InvalidInput(f"invalid window {text!r}; use a positive length such as 15m or 2h")
+    return window
+
+
+def _metrics_row(name: str, figures) -> tuple:
+    rate = figures.success_rate
+    return (name, figures.completed, figures.failed, f"{figures.completed_per_minute:.2f}",
+            f"{figures.failed_per_minute:.2f}", "" if rate is None else f"{100 * rate:.1f}%",
+            _seconds_text(figures.wait_p50), _seconds_text(figures.wait_p95),
+            _seconds_text(figures.run_p50), _seconds_text(figures.run_p95))
+
+
+def _seconds_text(seconds: float | None) -> str:
+    """Format a duration: milliseconds below 1 s, seconds below 1 min, then 3m 5s."""
+    from queuectl.output import duration
+
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    return duration(seconds)
+
+
+@app.command()
+def dashboard(
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on; anything but a loopback address serves the "
+                       "network, with no authentication.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        "--port", min=0, max=65535, help="TCP port to listen on; 0 picks a free one.")] = 8765,
+) -> None:
+    """Serve a read-only web dashboard, /api/status JSON and Prometheus /metrics."""
+    from queuectl import dashboard as web
+
+    server = web.create_server(_engine(), host, port)
+    if not web.is_loopback(host):
+        stderr(f"warning: the dashboard on {host} is open to the network with no "
+               "authentication, and it shows every job's command")
+    stderr(f"dashboard at {server.url} (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # Entry point ------------------------------------------------------------------------------
 
 def _is_connection_failure(exc: BaseException) -> bool:
@@ -634,23 +747,56 @@ def _is_connection_failure(exc: BaseException) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
-def main() -> None:
-    """Run the CLI: expected errors become one line on stderr and an exit code.
+def _click_exception_base() -> type[Exception]:
+    """Return the ClickException class of the Click that this Typer uses.
 
-    Typer handles usage errors itself (exit 2); everything a command raises lands here.
+    Newer Typer releases bundle their own copy of Click, so the class is taken from the
+    ancestry of typer.BadParameter instead of being imported from `click`.
     """
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == "ClickException":
+            return cls
+    return typer.BadParameter
+
+
+def main() -> None:
+    """Run the CLI: every expected error becomes one line on stderr and an exit code."""
+    click_exception = _click_exception_base()
+    command = typer.main.get_command(app)
     try:
-        app(prog_name="queuectl")
+        code = command.main(args=sys.argv[1:], prog_name="queuectl", standalone_mode=False)
+    except click_exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # a command group run without a subcommand prints its help
+            sys.exit(exc.exit_code)
+        # Usage errors: an unknown option, a missing argument, a value of the wrong type.
+        context = getattr(exc, "ctx", None)
+        path = context.command_path if context is not None else "queuectl"
+        stderr(f"error: {exc.format_message()}; see `{path} --help`")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        stderr("error: interrupted")
+        sys.exit(130)
     except QueuectlError as exc:
         stderr(f"error: {exc.message}")
         sys.exit(exc.exit_code)
     except BrokenPipeError:
-        # The reader went away (`queuectl list | head`): stop quietly.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(0)
+        _stop_after_broken_pipe()
+    except SystemExit as exc:
+        # Click turns a broken pipe inside a command into exit status 1 without a message.
+        if isinstance(exc.__context__, BrokenPipeError):
+            _stop_after_broken_pipe()
+        raise
     except Exception as exc:  # noqa: BLE001 - the last resort of the CLI
         sys.exit(_report_unexpected(exc))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stop_after_broken_pipe() -> None:
+    """Exit 0 after the reader went away (`queuectl list | head`), writing nothing more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
 
 
 def _report_unexpected(exc: Exception) -> int:

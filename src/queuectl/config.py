@@ -6,6 +6,7 @@ import logging
 import math
 from dataclasses import dataclass
 from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from queuectl.db import read_only
@@ -118,9 +119,13 @@ def stored_values(engine: Engine) -> dict[str, str]:
     with Session(read_only(engine)) as session:
         rows = list(session.scalars(select(ConfigEntry)))
     if any(canonical_key(row.key) != row.key for row in rows):
-        with Session(engine) as session, session.begin():
-            rows = list(session.scalars(select(ConfigEntry)))
-            _normalise_legacy_rows(session, rows)
+        try:
+            with Session(engine) as session, session.begin():
+                rows = list(session.scalars(select(ConfigEntry)))
+                _normalise_legacy_rows(session, rows)
+        except IntegrityError:
+            # Another process normalised the same legacy row first; its result stands.
+            log.debug("a concurrent reader normalised the legacy config keys first")
         with Session(read_only(engine)) as session:
             rows = list(session.scalars(select(ConfigEntry)))
     return {row.key: row.value for row in rows}

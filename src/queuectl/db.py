@@ -43,7 +43,7 @@ def database_url() -> URL:
         return URL.create("sqlite", database=str(queuectl_home() / "queuectl.db"))
     try:
         url = make_url(raw)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise InvalidInput(
             "invalid QUEUECTL_DB_URL; use postgresql+psycopg://user@host/db or sqlite:///path"
         ) from exc

@@ -158,13 +158,34 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Return whether a process group has a member that has not exited yet.
+
+    Members that exited but wait for their parent to reap them (zombies) do not count:
+    orphaned ones are reaped by the supervisor or init in their own time.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue
+        # The fields after the command name, which is in brackets and may contain spaces.
+        fields = stat.rsplit(b")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def run_command(

@@ -7,12 +7,13 @@ completed
     Jobs in state ``completed`` whose ``finished_at`` lies in the window.
 failed
     Attempts that ended in state ``failed`` or ``dead`` within the window, as far as the
-    table still shows them: jobs in state ``dead`` whose ``finished_at`` lies in the window,
-    plus jobs in state ``failed`` (waiting for a retry) whose ``updated_at`` lies in the
-    window. Nothing but the end of an attempt updates a job that stays ``failed``, so its
-    ``updated_at`` is the moment its attempt failed. An earlier failed attempt of a job that
-    has been claimed again since, or moved by ``queuectl retry``, ``dlq retry`` or
-    ``cancel``, is no longer visible, so ``failed`` is a lower bound while jobs retry.
+    table still shows them. These are the jobs in state ``dead`` whose ``finished_at`` lies
+    in the window, plus the jobs in state ``failed`` (waiting for a retry) whose
+    ``updated_at`` lies in the window. Nothing but the end of an attempt updates a job that
+    stays ``failed``, so its ``updated_at`` is the moment its attempt failed. An earlier
+    failed attempt of a job that has been claimed again since, or moved by ``queuectl
+    retry``, ``dlq retry`` or ``cancel``, is no longer visible, so ``failed`` is a lower
+    bound while jobs retry.
     Cancelled jobs count as neither completed nor failed.
 success rate
     completed / (completed + failed), or None when both are 0.
@@ -137,7 +138,7 @@ class MetricsReport:
 
 @dataclass
 class _Samples:
-    """What one queue accumulates while the finished jobs stream in."""
+    """Counts and durations of one queue, collected while the finished jobs stream in."""
 
     completed: int = 0
     failed: int = 0

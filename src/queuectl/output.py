@@ -89,8 +89,10 @@ def print_table(style: Style, title: str | None, columns: Sequence[str],
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(no_color=not style.colored(), force_terminal=style.color == "always",
-                      highlight=False)
+    # In Rich 15, no_color alone still writes bold and italic escapes. force_terminal=False
+    # writes none at all, as NO_COLOR and --color never require.
+    colored = style.colored()
+    console = Console(no_color=not colored, force_terminal=colored, highlight=False)
     table = Table(title=title, title_justify="left", header_style="bold")
     for column in columns:
         # Ids and commands are never cut short: they wrap instead.

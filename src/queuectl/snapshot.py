@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, defer
 
 from queuectl import metrics, workers
 from queuectl.db import display_url, read_only
@@ -21,7 +22,7 @@ THROUGHPUT_WINDOW = timedelta(minutes=1)
 # Rows of the recent failures and of the dead letter queue that a snapshot holds.
 RECENT_FAILURES = 10
 DLQ_ROWS = 20
-# Characters of a command or an error that a snapshot keeps; `queuectl show` prints all.
+# Characters of a command or an error that a snapshot keeps. `queuectl show` prints all.
 TEXT_LIMIT = 500
 
 
@@ -94,17 +95,18 @@ def _read_jobs(engine: Engine, failures: int, dead: int
     """Read the counts per state, the latest failures and the newest dead jobs."""
     counts = {state.value: 0 for state in JobState}
     failed_states = (JobState.FAILED.value, JobState.DEAD.value)
-    latest_failures = (select(Job).where(Job.state.in_(failed_states))
+    # The output tail can hold many kilobytes per job and is not shown.
+    latest_failures = (select(Job).options(defer(Job.output))
+                       .where(Job.state.in_(failed_states))
                        .order_by(Job.updated_at.desc(), Job.seq.desc()).limit(failures))
-    newest_dead = (select(Job).where(Job.state == JobState.DEAD.value)
+    newest_dead = (select(Job).options(defer(Job.output))
+                   .where(Job.state == JobState.DEAD.value)
                    .order_by(Job.seq.desc()).limit(dead))
-    with read_only(engine).connect() as conn:
-        for state, count in conn.execute(select(Job.state, func.count()).group_by(Job.state)):
+    with Session(read_only(engine)) as session:
+        for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
             counts[state] = count
-        failure_rows = conn.execute(latest_failures).all()
-        dead_rows = conn.execute(newest_dead).all()
-    recent = [_job_view(Job(**row._mapping)) for row in failure_rows]
-    dead_jobs = [_job_view(Job(**row._mapping)) for row in dead_rows]
+        recent = [_job_view(job) for job in session.scalars(latest_failures)]
+        dead_jobs = [_job_view(job) for job in session.scalars(newest_dead)]
     return counts, recent, dead_jobs
 
 

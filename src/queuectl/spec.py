@@ -75,7 +75,8 @@ def decode_payload(raw: str) -> Any:
             f"expected an object such as {EXAMPLE}"
         ) from None
     except ValueError:
-        # json.loads raises a plain ValueError for an integer of more than 4300 digits.
+        # json.loads raises a plain ValueError for an integer longer than Python's limit
+        # of 4300 digits.
         raise InvalidInput(
             f"invalid JSON: a number is too long; expected an object such as {EXAMPLE}"
         ) from None
@@ -226,7 +227,7 @@ def parse_time(value: Any, name: str = "run_at") -> datetime:
             parsed = parsed.astimezone()  # the local time zone, as the user sees it
         return parsed.astimezone(timezone.utc)
     except (OverflowError, ValueError):
-        # Such as 0001-01-01T00:00:00+01:00, which is before year 1 in UTC.
+        # A time such as 0001-01-01T00:00:00+01:00 falls before year 1 in UTC.
         raise InvalidInput(
             f"invalid {name} {value!r}: the time is out of range; give a time between "
             "the years 1 and 9999 in UTC"

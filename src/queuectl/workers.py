@@ -28,7 +28,7 @@ MAX_RECONNECT_DELAY = 30.0
 # How often the running settings are reread, in seconds.
 SETTINGS_REFRESH = 5.0
 # Seconds an idle worker waits after its LISTEN connection failed before it looks for jobs
-# and listens again. Waiting the whole poll interval would leave it deaf to new jobs.
+# and listens again. No notification arrives meanwhile, so a longer wait delays new jobs.
 LISTEN_RETRY_DELAY = 1.0
 # The longest pause between two heartbeats, in seconds. A heartbeat also notices a job
 # cancelled while it runs and stores the output so far, so it runs at least this often.

@@ -1,0 +1,135 @@
+"""Enqueueing jobs through the service layer, on each backend."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from queuectl import config, jobs
+from queuectl.errors import DuplicateJob, JobNotFound
+from queuectl.models import JobState, utcnow
+from queuectl.spec import validate_payload
+from tests.tables import table_contents
+from tests.unit.queue_steps import enqueue
+
+
+def test_enqueue_generates_id_when_absent(engine) -> None:
+    created = enqueue(engine, "echo hi")
+
+    assert jobs.get_job(engine, created.id).command == "echo hi"
+
+
+def test_generated_ids_are_distinct(engine) -> None:
+    ids = {enqueue(engine).id for _ in range(20)}
+
+    assert len(ids) == 20
+
+
+def test_enqueue_stores_defaults(engine) -> None:
+    before = utcnow()
+
+    stored = jobs.get_job(engine, enqueue(engine, "echo hi", id="job1").id)
+
+    assert stored.state == JobState.PENDING.value
+    assert stored.attempts == 0
+    assert stored.queue == "default"
+    assert stored.priority == 0
+    assert stored.max_retries == 3
+    assert stored.timeout is None
+    assert before <= stored.run_at <= utcnow()
+    assert stored.exit_code is None
+    assert stored.last_error is None
+
+
+def test_enqueue_stores_every_given_field(engine) -> None:
+    run_at = datetime(2030, 1, 15, 12, 0, tzinfo=timezone.utc)
+
+    enqueue(engine, "make report", id="report-1", max_retries=7, priority=-3, queue="reports",
+            timeout=12.5, run_at="2030-01-15T14:00:00+02:00")
+    stored = jobs.get_job(engine, "report-1")
+
+    assert stored.command == "make report"
+    assert stored.max_retries == 7
+    assert stored.priority == -3
+    assert stored.queue == "reports"
+    assert stored.timeout == 12.5
+    assert stored.run_at == run_at
+
+
+def test_delay_postpones_run_at(engine) -> None:
+    before = utcnow()
+
+    stored = jobs.get_job(engine, enqueue(engine, delay=600).id)
+
+    assert before + timedelta(seconds=600) <= stored.run_at
+    assert stored.run_at <= utcnow() + timedelta(seconds=600)
+
+
+def test_max_retries_setting_is_read_at_enqueue_time(engine) -> None:
+    # Given a job enqueued while max_retries is 5
+    config.set_value(engine, "max_retries", "5")
+    early = enqueue(engine)
+
+    # When the setting changes and another job is enqueued
+    config.set_value(engine, "max_retries", "2")
+    late = enqueue(engine)
+
+    # Then each job keeps the value that applied when it was enqueued
+    assert jobs.get_job(engine, early.id).max_retries == 5
+    assert jobs.get_job(engine, late.id).max_retries == 2
+
+
+def test_explicit_max_retries_overrides_setting(engine) -> None:
+    config.set_value(engine, "max_retries", "5")
+
+    created = enqueue(engine, max_retries=1)
+
+    assert jobs.get_job(engine, created.id).max_retries == 1
+
+
+def test_duplicate_id_is_rejected_and_existing_job_untouched(engine) -> None:
+    enqueue(engine, "echo original", id="job1", priority=4)
+    before = table_contents(engine)
+
+    with pytest.raises(DuplicateJob) as raised:
+        enqueue(engine, "echo replacement", id="job1", priority=9)
+
+    assert "'job1' already exists" in raised.value.message
+    assert table_contents(engine) == before
+
+
+def test_enqueue_many_inserts_all_jobs_in_order(engine) -> None:
+    specs = [validate_payload({"command": f"echo {n}", "id": f"job{n}"}) for n in range(3)]
+
+    jobs.enqueue_many(engine, specs)
+
+    listed = jobs.list_jobs(engine, limit=None)
+    assert [job.id for job in reversed(listed)] == ["job0", "job1", "job2"]
+
+
+def test_enqueue_many_taken_id_inserts_nothing(engine) -> None:
+    # Given a job with the id "taken"
+    enqueue(engine, id="taken")
+    before = table_contents(engine)
+    specs = [validate_payload({"command": "true", "id": job_id})
+             for job_id in ("new-1", "taken", "new-2")]
+
+    # When a batch that reuses the id is enqueued
+    with pytest.raises(DuplicateJob) as raised:
+        jobs.enqueue_many(engine, specs)
+
+    # Then the error names the taken id and none of the batch is stored
+    assert raised.value.job_id == "taken"
+    assert table_contents(engine) == before
+
+
+def test_enqueue_many_rejects_repeated_id(engine) -> None:
+    specs = [validate_payload({"command": "true", "id": job_id})
+             for job_id in ("one", "two", "one")]
+
+    with pytest.raises(DuplicateJob):
+        jobs.enqueue_many(engine, specs)
+
+    with pytest.raises(JobNotFound):
+        jobs.get_job(engine, "two")
