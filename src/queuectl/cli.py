@@ -75,7 +75,8 @@ def root(
         "--home", envvar="QUEUECTL_HOME", show_default=False,
         help="Folder for the SQLite database, logs and PID files. Default: ~/.queuectl.")] = None,
     color: Annotated[Color, typer.Option(
-        "--color", help="Colour and tables: auto (on a terminal), always or never.")] = Color.auto,
+        "--color", help="Colour: auto (on a terminal), always or never. Tables are drawn only "
+             "on a terminal, or with always.")] = Color.auto,
     verbose: Annotated[int, typer.Option(
         "--verbose", "-v", count=True, help="Log more; -vv for debug output.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False,
@@ -772,7 +773,7 @@ def main() -> None:
         # Usage errors: an unknown option, a missing argument, a value of the wrong type.
         context = getattr(exc, "ctx", None)
         path = context.command_path if context is not None else "queuectl"
-        stderr(f"error: {exc.format_message()}; see `{path} --help`")
+        stderr(f"error: {exc.format_message().rstrip('.')}; see `{path} --help`")
         sys.exit(exc.exit_code)
     except typer.Abort:
         stderr("error: interrupted")

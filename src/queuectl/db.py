@@ -73,7 +73,9 @@ def _prepare_sqlite_file(url: URL) -> None:
     if path.exists():
         # Never open and close an existing database file here: closing any descriptor of
         # the file drops every POSIX lock this process's SQLite connections hold on it,
-        # which can let another process corrupt the database.
+        # which can let another process corrupt the database. chmod needs no descriptor.
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(0o600)
         return
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

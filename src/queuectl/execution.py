@@ -142,11 +142,14 @@ def stop_process_group(process: JobProcess, grace: float = KILL_GRACE) -> None:
     _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        process.poll()  # reap the shell, or its zombie keeps the group alive
+        process.poll()
         if not _group_alive(pgid):
-            return
+            break
         time.sleep(0.05)
-    _signal_group(pgid, signal.SIGKILL)
+    else:
+        _signal_group(pgid, signal.SIGKILL)
+    # The shell has exited (at most a zombie is left), so this returns at once after the
+    # grace period and sets returncode, which the caller reports.
     process.wait()
 
 
