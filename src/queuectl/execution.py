@@ -11,6 +11,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from queuectl.procfs import process_stats
+
 SHELL = "/bin/sh"
 # Seconds between SIGTERM and SIGKILL when a job's process group is stopped.
 KILL_GRACE = 5.0
@@ -172,23 +174,7 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return True
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stat_file:
-                stat = stat_file.read()
-        except OSError:
-            continue
-        # The fields after the command name, which is in brackets and may contain spaces.
-        fields = stat.rsplit(b")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+    return any(process.pgrp == pgid and process.state != "Z" for process in process_stats())
 
 
 def run_command(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from queuectl.db import queuectl_home
 from queuectl.errors import WorkerError
+from queuectl.procfs import process_stats
 
 log = logging.getLogger(__name__)
 
@@ -240,20 +241,8 @@ def become_subreaper() -> None:
 
 
 def _child_pids(parent: int) -> list[int]:
-    """Return the pids of a process's children, read from /proc."""
-    children = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        # The fields after the command name, which is in brackets and may contain spaces.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == parent:
-            children.append(int(name))
-    return children
+    """Return the pids of a process's children."""
+    return [process.pid for process in process_stats() if process.ppid == parent]
 
 
 def _host() -> str:

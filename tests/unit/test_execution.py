@@ -13,6 +13,7 @@ import pytest
 
 from queuectl import execution
 from queuectl.execution import OutputTail, describe_exit, run_command
+from queuectl.procfs import process_stats
 from tests.conftest import wait_for
 from tests.jobs import (
     QUOTING_COMMAND,
@@ -25,20 +26,8 @@ LIMIT = 65_536
 
 def live_processes_in_group(pgid: int) -> list[int]:
     """Return the pids of processes in a process group, leaving out zombies."""
-    members = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        # The fields after the command name, which is in brackets and may hold spaces:
-        # state, ppid, pgrp, ...
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(name))
-    return members
+    return [process.pid for process in process_stats()
+            if process.pgrp == pgid and process.state != "Z"]
 
 
 def group_id_from(output: str) -> int:
