@@ -124,7 +124,7 @@ def stored_values(engine: Engine) -> dict[str, str]:
                 rows = list(session.scalars(select(ConfigEntry)))
                 _normalise_legacy_rows(session, rows)
         except IntegrityError:
-            # Another process normalised the same legacy row first; its result stands.
+            # Another process normalised the same legacy row first, and its result is kept.
             log.debug("a concurrent reader normalised the legacy config keys first")
         with Session(read_only(engine)) as session:
             rows = list(session.scalars(select(ConfigEntry)))

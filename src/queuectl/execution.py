@@ -23,7 +23,7 @@ READ_SIZE = 65_536
 
 @dataclass(frozen=True)
 class Result:
-    """What one attempt did."""
+    """The outcome of one attempt."""
 
     exit_code: int | None
     error: str | None  # None when the attempt succeeded
@@ -43,7 +43,7 @@ class OutputTail:
         self.chunks: deque[bytes] = deque()
         self.size = 0
         self.dropped = 0
-        self.total = 0  # bytes appended so far; tells a reader whether anything is new
+        self.total = 0  # bytes appended so far, so a reader can tell whether anything is new
         # The worker's heartbeat thread reads the tail while the main thread appends.
         self.lock = threading.Lock()
 
@@ -263,7 +263,7 @@ def _open_pidfd(pid: int) -> int | None:
 
 
 def _read_available(fd: int, tail: OutputTail) -> bool:
-    """Read what the pipe holds now; return False at end of file."""
+    """Read what the pipe contains now; return False at end of file."""
     while True:
         try:
             data = os.read(fd, READ_SIZE)

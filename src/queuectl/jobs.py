@@ -100,7 +100,7 @@ def notify_new_jobs(conn) -> None:
     """Wake idle workers: by NOTIFY on PostgreSQL, which is sent when the transaction
     commits, and by a local datagram on SQLite.
 
-    A SQLite worker woken before the commit waits for the write lock, then sees the job.
+    A SQLite worker woken before the commit waits for the write lock, then finds the job.
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("NOTIFY queuectl_jobs")
@@ -304,7 +304,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a finished attempt changed its job."""
+    """The change a finished attempt made to its job."""
 
     state: JobState
     retry_in: float | None = None  # seconds, when the job failed and will run again
@@ -442,7 +442,7 @@ def release(engine: Engine, claim: Claim, reason: str) -> bool:
 
 
 def _update_claimed(engine: Engine, claim: Claim, values: dict) -> bool:
-    """Apply values to a job only while this claim still holds it."""
+    """Apply values to a job only while this claim still owns it."""
     with engine.begin() as conn:
         result = conn.execute(
             update(jobs_table)

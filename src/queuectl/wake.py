@@ -2,7 +2,7 @@
 
 Each idle worker listens on an abstract Unix datagram socket and leaves a marker file,
 named after that socket, in a folder beside the database file (`queuectl.db-wake/`).
-Whoever adds a runnable job sends one datagram to every marker's socket. A lost datagram
+A process that adds a runnable job sends one datagram to every marker's socket. A lost datagram
 costs at most one poll interval, because workers poll as well.
 """
 

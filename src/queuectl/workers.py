@@ -23,14 +23,14 @@ from queuectl.wake import WakeListener, wake_dir
 
 log = logging.getLogger(__name__)
 
-# Longest pause between two attempts to reach a database that has gone away, in seconds.
+# Maximum pause between two attempts to reach a database that has gone away, in seconds.
 MAX_RECONNECT_DELAY = 30.0
 # How often the running settings are reread, in seconds.
 SETTINGS_REFRESH = 5.0
 # Seconds an idle worker waits after its LISTEN connection failed before it looks for jobs
 # and listens again. No notification arrives meanwhile, so a longer wait delays new jobs.
 LISTEN_RETRY_DELAY = 1.0
-# The longest pause between two heartbeats, in seconds. A heartbeat also notices a job
+# The maximum pause between two heartbeats, in seconds. A heartbeat also notices a job
 # cancelled while it runs and stores the output so far, so it runs at least this often.
 MAX_HEARTBEAT_INTERVAL = 2.0
 
@@ -148,7 +148,10 @@ class Worker:
     # Signals ----------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """The first SIGTERM stops gracefully, the second forces; SIGINT goes to the supervisor."""
+        """Make the first SIGTERM stop gracefully and the second force; ignore SIGINT.
+
+        A Ctrl-C in the terminal reaches the supervisor, which forwards SIGTERM.
+        """
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -323,7 +326,7 @@ class Worker:
             self.settings_read_at = time.monotonic()
 
     def _recover_expired_leases(self) -> None:
-        """Every half lease, fail the jobs of workers that stopped renewing their leases."""
+        """Fail the jobs of workers that stopped renewing their leases, every half lease."""
         lease = float(self.settings["lease_seconds"])
         if time.monotonic() - self.recovered_at < lease / 2:
             return
