@@ -357,14 +357,19 @@ def claim_next(
     statement, so workers never wait on each other. On SQLite the UPDATE is conditional on
     the state, and BEGIN IMMEDIATE makes it the only writer, so exactly one worker wins.
     """
+    with engine.begin() as conn:
+        return _claim_in(conn, worker_id, queues, lease_seconds)
+
+
+def _claim_in(conn, worker_id: str, queues: list[str] | None,
+              lease_seconds: float) -> Claim | None:
     now = utcnow()
     token = secrets.token_hex(16)
     params = {"now": now, "token": token, "worker_id": worker_id,
               "lease_expires_at": now + timedelta(seconds=lease_seconds)}
     if queues:
         params["queues"] = list(queues)
-    with engine.begin() as conn:
-        row = conn.execute(_claim_statement(bool(queues)), params).first()
+    row = conn.execute(_claim_statement(bool(queues)), params).first()
     if row is None:
         return None
     return Claim(row.id, row.command, row.queue, row.attempts, row.max_retries, row.timeout, token)
@@ -399,10 +404,27 @@ def _complete_statement():
 
 def complete(engine: Engine, claim: Claim, exit_code: int, output: str | None) -> Outcome:
     """Record a successful attempt; the job becomes completed."""
+    with engine.begin() as conn:
+        return _complete_in(conn, claim, exit_code, output)
+
+
+def complete_and_claim_next(
+    engine: Engine, claim: Claim, exit_code: int, output: str | None,
+    worker_id: str, queues: list[str] | None, lease_seconds: float,
+) -> tuple[Outcome, Claim | None]:
+    """Record a successful attempt and claim the next job in the same transaction.
+
+    A busy worker thus commits once per job instead of twice.
+    """
+    with engine.begin() as conn:
+        outcome = _complete_in(conn, claim, exit_code, output)
+        return outcome, _claim_in(conn, worker_id, queues, lease_seconds)
+
+
+def _complete_in(conn, claim: Claim, exit_code: int, output: str | None) -> Outcome:
     params = {"job_id": claim.id, "token": claim.token, "exit_code": exit_code,
               "output": output, "now": utcnow()}
-    with engine.begin() as conn:
-        recorded = conn.execute(_complete_statement(), params).rowcount == 1
+    recorded = conn.execute(_complete_statement(), params).rowcount == 1
     return Outcome(JobState.COMPLETED, recorded=recorded)
 
 
@@ -431,13 +453,18 @@ def fail(
     return outcome
 
 
-def release(engine: Engine, claim: Claim, reason: str) -> bool:
-    """Put an interrupted job back in the queue without counting the attempt."""
+def release(engine: Engine, claim: Claim, reason: str | None) -> bool:
+    """Put an interrupted job back in the queue without counting the attempt.
+
+    The reason becomes the job's last error; None keeps the error it had.
+    """
     now = utcnow()
     values = dict(
-        state=JobState.PENDING.value, attempts=jobs_table.c.attempts - 1, last_error=reason,
+        state=JobState.PENDING.value, attempts=jobs_table.c.attempts - 1,
         run_at=now, updated_at=now, claim_token=None, lease_expires_at=None,
     )
+    if reason is not None:
+        values["last_error"] = reason
     return _update_claimed(engine, claim, values)
 
 

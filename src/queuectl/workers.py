@@ -135,7 +135,11 @@ class Worker:
         self.claim_lost = threading.Event()
         self.exited = threading.Event()  # wakes the heartbeat thread so it can end
         self.claim: Claim | None = None
+        # A job claimed in the transaction that completed the previous one, to run next.
+        self.next_claim: Claim | None = None
         self.tail: OutputTail | None = None
+        # Read once: os.environ decodes every variable on each copy, once per job.
+        self.environment = dict(os.environ)
         self.tail_stored = 0  # bytes of the running job's output already stored
         self.log = logging.getLogger(f"queuectl.{name}")
         self.engine: Engine | None = None
@@ -181,6 +185,7 @@ class Worker:
             self._loop()
         finally:
             self.stopping.set()
+            self._release_next_claim()
             self.exited.set()
             heartbeat.join(timeout=5)
             self._close_listener()
@@ -196,8 +201,10 @@ class Worker:
         while not self.stopping.is_set():
             self._refresh_settings()
             self._recover_expired_leases()
-            claim = self._with_reconnect(lambda: jobs.claim_next(
-                self.engine, self.id, self.queues, self.settings["lease_seconds"]))
+            claim, self.next_claim = self.next_claim, None
+            if claim is None:
+                claim = self._with_reconnect(lambda: jobs.claim_next(
+                    self.engine, self.id, self.queues, self.settings["lease_seconds"]))
             if claim is not None:
                 self._process(claim)
                 continue
@@ -215,7 +222,7 @@ class Worker:
         self.log.info("job %s started (attempt %s, queue %s)", claim.id, attempt, claim.queue,
                       extra=extra)
         timeout = claim.timeout or float(self.settings["job_timeout"]) or None
-        environment = dict(os.environ, QUEUECTL_JOB_ID=claim.id,
+        environment = dict(self.environment, QUEUECTL_JOB_ID=claim.id,
                            QUEUECTL_JOB_ATTEMPT=str(claim.attempts))
         interrupt = _AnyEvent(self.forced, self.claim_lost)
         self.tail = OutputTail(int(self.settings["output_limit"]))
@@ -245,16 +252,35 @@ class Worker:
                 self.log.warning("job %s interrupted by a forced stop and returned to the "
                                  "queue (attempt not counted)", claim.id, extra=extra)
             return
-        if result.succeeded:
+        if result.succeeded and self.stopping.is_set():
             outcome = self._with_reconnect(
                 lambda: jobs.complete(self.engine, claim, result.exit_code, result.output),
                 give_up=None)
+        elif result.succeeded:
+            pair = self._with_reconnect(
+                lambda: jobs.complete_and_claim_next(
+                    self.engine, claim, result.exit_code, result.output, self.id,
+                    self.queues, self.settings["lease_seconds"]),
+                give_up=None)
+            outcome, self.next_claim = pair if pair is not None else (None, None)
         else:
             outcome = self._with_reconnect(
                 lambda: jobs.fail(self.engine, claim, result.error, result.exit_code,
                                   result.output),
                 give_up=None)
         self._log_outcome(claim, attempt, result, outcome, extra)
+
+    def _release_next_claim(self) -> None:
+        """Return a job claimed ahead but never started to the queue, attempt uncounted."""
+        claim, self.next_claim = self.next_claim, None
+        if claim is None:
+            return
+        try:
+            jobs.release(self.engine, claim, None)
+        except DBAPIError as exc:
+            self.log.warning("could not return job %s to the queue (%s); it is recovered when "
+                             "its lease expires", claim.id, _first_line(exc),
+                             extra={"job_id": claim.id, "action": "release"})
 
     def _log_outcome(self, claim: Claim, attempt: str, result: Result, outcome: Outcome,
                      extra: dict) -> None:
