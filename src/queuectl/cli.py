@@ -233,6 +233,10 @@ def list_command(
     from queuectl import jobs, output
 
     selected = jobs.parse_state(state) if state is not None else None
+    if queue is not None:
+        from queuectl.spec import validate_queue_name
+
+        validate_queue_name(queue)
     found = jobs.list_jobs(_engine(), selected, queue, limit or None)
     if as_json:
         output.print_json([output.job_summary(job) for job in found])
@@ -264,7 +268,8 @@ def show(
     rows = [(key, "" if value is None else value) for key, value in detail.items()]
     output.print_table(State.style, f"job {job_id}", ["FIELD", "VALUE"], rows)
     if job_output:
-        sys.stdout.write("--- output (tail) ---\n" + job_output.rstrip("\n") + "\n")
+        tail = output.escape_controls(job_output.rstrip("\n"), keep="\n\t")
+        sys.stdout.write("--- output (tail) ---\n" + tail + "\n")
 
 
 @app.command()
@@ -540,9 +545,9 @@ def config_list(as_json: JsonOption = False) -> None:
 def _queue_list(value: Optional[str]) -> Optional[list[str]]:
     from queuectl.spec import QUEUE_NAME
 
-    if value is None or value.strip() in ("", "*"):
+    if value is None or value.strip() == "*":
         return None
-    names = [name.strip() for name in value.split(",") if name.strip()]
+    names = [name.strip() for name in value.split(",")]
     for name in names:
         if not QUEUE_NAME.fullmatch(name):
             raise InvalidInput(f"invalid queue name {name!r} in --queue; use names such as "

@@ -33,8 +33,12 @@ class Setting:
         """Convert text to this setting's value, or raise InvalidInput naming the range."""
         text = raw.strip()
         try:
-            value: Number = int(text) if self.kind is int else float(text)
-        except ValueError:
+            value: Number = float(text)
+            if self.kind is int:
+                if not value.is_integer():
+                    raise ValueError(text)
+                value = int(value)
+        except (ValueError, OverflowError):
             raise InvalidInput(
                 f"invalid value {raw!r} for {self.key}: expected {self.describe_range()}"
             ) from None

@@ -63,8 +63,22 @@ def database_url() -> URL:
 
 
 def display_url(url: URL) -> str:
-    """Render a URL for messages and logs, with any password masked."""
-    return url.render_as_string(hide_password=True)
+    """Render a URL for messages and logs, with any password masked.
+
+    libpq also takes the password as a `password` query parameter, which is masked too.
+    """
+    if "password" not in url.query:
+        return url.render_as_string(hide_password=True)
+    masked = url.update_query_dict({"password": "***"}).render_as_string(hide_password=True)
+    return masked.replace("password=%2A%2A%2A", "password=***")
+
+
+def _secrets_of(url: URL) -> list[str]:
+    """Return the password strings a URL carries, to mask them in driver messages."""
+    found = [str(url.password)] if url.password else []
+    value = url.query.get("password")
+    found.extend([value] if isinstance(value, str) else list(value or ()))
+    return [secret for secret in found if secret]
 
 
 def _is_file_database(database: str | None) -> bool:
@@ -84,8 +98,13 @@ def _prepare_sqlite_file(url: URL) -> None:
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             path.chmod(0o600)
         return
+    if not path.parent.is_dir():
+        # QUEUECTL_HOME exists by now, so this is a mistyped path in QUEUECTL_DB_URL.
+        raise DatabaseUnavailable(
+            f"the folder {str(path.parent)!r} of the SQLite database does not exist; "
+            "create it or correct QUEUECTL_DB_URL"
+        )
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
     except OSError as exc:
@@ -276,8 +295,8 @@ def unavailable(url: URL, exc: BaseException) -> DatabaseUnavailable:
     """Build the error for a database that cannot be reached, without its password."""
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     first = reason[0] if reason else type(exc).__name__
-    if url.password:
-        first = first.replace(str(url.password), "***")
+    for secret in _secrets_of(url):
+        first = first.replace(secret, "***")
     return DatabaseUnavailable(
         f"cannot reach the database {display_url(url)}: {first}; "
         "check QUEUECTL_DB_URL and that the server is running"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -84,10 +85,11 @@ def print_table(style: Style, title: str | None, columns: Sequence[str],
     rows = [["" if cell is None else str(cell) for cell in row] for row in rows]
     if not style.use_rich():
         for row in rows:
-            sys.stdout.write("\t".join(_one_line(cell) for cell in row) + "\n")
+            sys.stdout.write("\t".join(escape_controls(_one_line(cell)) for cell in row) + "\n")
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     # In Rich 15, no_color alone still writes bold and italic escapes. force_terminal=False
     # writes none at all, as NO_COLOR and --color never require.
@@ -98,12 +100,30 @@ def print_table(style: Style, title: str | None, columns: Sequence[str],
         # Ids and commands are never cut short: they wrap instead.
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        # Text, not markup: commands and errors are user input, shown as typed.
+        table.add_row(*(Text(escape_controls(cell, keep="\n")) for cell in row))
     console.print(table)
 
 
 def _one_line(cell: str) -> str:
     return cell.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+# C0 and C1 control characters and DEL, which can move the cursor or retitle a terminal.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """Show control characters as \\xNN escapes, except those in `keep`.
+
+    Job commands, errors and output come from users and programs: printed raw, an escape
+    sequence in them would act on the reader's terminal.
+    """
+    def replace(match: re.Match) -> str:
+        character = match.group()
+        return character if character in keep else f"\\x{ord(character):02x}"
+
+    return _CONTROL_CHARACTERS.sub(replace, text)
 
 
 def job_summary(job: Job) -> dict[str, Any]:

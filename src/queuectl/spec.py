@@ -170,6 +170,11 @@ def _job_id(value: Any) -> str:
     return value
 
 
+def validate_queue_name(value: Any) -> str:
+    """Return a valid queue name unchanged, or raise InvalidInput naming the rule."""
+    return _queue_name(value)
+
+
 def _queue_name(value: Any) -> str:
     if not isinstance(value, str) or not QUEUE_NAME.fullmatch(value):
         raise InvalidInput(

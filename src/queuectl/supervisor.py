@@ -64,6 +64,7 @@ def _worker_main(worker_id: str, name: str, queues: list[str] | None, burst: boo
 
     worker = Worker(worker_id, name, queues, burst, supervisor_pid)
     worker.install_signal_handlers()
+    _stop_when_parent_dies()
     try:
         worker.run()
     except Exception:
@@ -105,6 +106,10 @@ class Supervisor:
             self._write_pid_file()
             while self._loop_once():
                 pass
+            # Processes that jobs left in the background were re-parented here; stopping
+            # the workers stops them too, so nothing of the queue outlives `worker stop`.
+            self._stop_orphaned_jobs()
+            self._reap_orphans()
         finally:
             self.pid_file.unlink(missing_ok=True)
         log.info("supervisor %s stopped", os.getpid())
@@ -228,6 +233,21 @@ class Supervisor:
         os.replace(temporary, self.pid_file)
 
 
+def _stop_when_parent_dies() -> None:
+    """Ask Linux to send this process SIGTERM when its supervisor dies, even by SIGKILL.
+
+    The worker then stops gracefully instead of running on where no `worker stop` finds it.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("cannot ask for a signal on the supervisor's death")
+
+
 def become_subreaper() -> None:
     """Make orphaned descendants of this process its children instead of init's (Linux)."""
     try:
@@ -281,7 +301,9 @@ def start_background(count: int, queues: list[str] | None, wait: float = 30.0) -
     """Start a detached supervisor with `count` workers; return its PID record when ready."""
     log_file = log_path()
     before = {record["pid"] for record in read_supervisors()}
-    command = [sys.executable, "-m", "queuectl", "worker", "run", "--count", str(count)]
+    # -P keeps the current folder off sys.path, so a queuectl.py or queuectl/ folder where
+    # the user starts the workers is never imported in place of this package.
+    command = [sys.executable, "-P", "-m", "queuectl", "worker", "run", "--count", str(count)]
     if queues:
         command += ["--queue", ",".join(queues)]
     with open(log_file, "ab") as output:

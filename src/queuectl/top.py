@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import select
 import signal
 import sys
@@ -22,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from queuectl.models import JobState
-from queuectl.output import duration
+from queuectl.output import duration, escape_controls
 from queuectl.snapshot import Snapshot
 
 # Seconds between two refreshes of the screen.
@@ -41,14 +40,11 @@ STATE_STYLES = {
 
 # C0 and C1 control characters and DEL. Commands and errors are user text, and an escape
 # sequence printed raw would move the cursor or change the terminal's state.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def _plain(value: object) -> Text:
     """Return user text as Rich Text: never parsed as markup, on one line, controls escaped."""
     text = "" if value is None else str(value)
     text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
-    return Text(_CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text))
+    return Text(escape_controls(text))
 
 
 def _ago(seconds: float) -> str:

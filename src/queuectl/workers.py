@@ -199,6 +199,11 @@ class Worker:
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            if os.getppid() != self.supervisor_pid:
+                # The supervisor died before this process asked for a signal on its death.
+                self.log.warning("%s lost its supervisor %s; stopping", self.name,
+                                 self.supervisor_pid)
+                return
             self._refresh_settings()
             self._recover_expired_leases()
             claim, self.next_claim = self.next_claim, None
@@ -296,8 +301,9 @@ class Worker:
             self.log.info("job %s failed (attempt %s, %s), retry in %ss", claim.id, attempt,
                           result.error, _seconds(outcome.retry_in), extra=extra)
         else:
-            self.log.warning("job %s moved to the DLQ after %s attempts (%s)", claim.id,
-                             claim.attempts, result.error, extra=extra)
+            self.log.warning("job %s moved to the DLQ after %s attempt%s (%s)", claim.id,
+                             claim.attempts, "" if claim.attempts == 1 else "s", result.error,
+                             extra=extra)
 
     # Database resilience ----------------------------------------------------------------
 
