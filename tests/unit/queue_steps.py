@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, update
 
 from queuectl import jobs
-from queuectl.jobs import Claim
+from queuectl.jobs import Claim, NewJob
 from queuectl.models import Job, utcnow
 from queuectl.spec import validate_payload
 
@@ -16,7 +16,7 @@ from queuectl.spec import validate_payload
 LEASE = 300.0
 
 
-def enqueue(engine: Engine, command: str = "true", **fields: Any) -> Job:
+def enqueue(engine: Engine, command: str = "true", **fields: Any) -> NewJob:
     """Validate a job object built from keyword fields, enqueue it, and return the job."""
     return jobs.enqueue(engine, validate_payload({"command": command, **fields}))
 
