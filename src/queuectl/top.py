@@ -190,16 +190,22 @@ def cbreak_keys(stream=None) -> Iterator[KeyReader]:
 
 @contextlib.contextmanager
 def _exit_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit, so the terminal is restored when top is killed."""
+    """Turn SIGTERM into SystemExit, so the terminal is restored when top is killed.
+
+    Ctrl-C raises KeyboardInterrupt even where SIGINT was ignored at start, as it is for
+    programs that a non-interactive shell starts in the background.
+    """
 
     def leave(_signum, _frame) -> None:
         raise SystemExit(128 + signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, leave)
+    previous_interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_interrupt)
 
 
 def run(take_snapshot: Callable[[], Snapshot], describe_error: Callable[[Exception], str],
