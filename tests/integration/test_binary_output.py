@@ -16,6 +16,6 @@ def test_binary_output_is_stored_readable(cli):
 
     # Then the job completed and its output contains three replacement characters
     assert drained.returncode == 0
-    shown = json.loads(cli("show", "bytes", "--json").stdout)
-    assert shown["state"] == "completed"
-    assert shown["output"] == "\ufffd\ufffd\ufffd"
+    detail = json.loads(cli("show", "bytes", "--json").stdout)
+    assert detail["state"] == "completed"
+    assert detail["output"] == "\ufffd\ufffd\ufffd"

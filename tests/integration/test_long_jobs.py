@@ -20,7 +20,7 @@ def test_long_job_keeps_its_lease(cli, tmp_path):
     # Then the job ran once, in one attempt, and no worker recovered it as lost
     assert drained.returncode == 0
     assert ran.read_text().split() == ["long"]
-    shown = json.loads(cli("show", "long", "--json").stdout)
-    assert shown["state"] == "completed"
-    assert shown["attempts"] == 1
+    detail = json.loads(cli("show", "long", "--json").stdout)
+    assert detail["state"] == "completed"
+    assert detail["attempts"] == 1
     assert "recovered" not in (tmp_path / "home" / "worker.log").read_text()

@@ -28,5 +28,5 @@ def test_retry_delay_ignores_time_zones(cli, tmp_path):
     gap = starts[1] - starts[0]
     assert gap >= 2.7
     assert gap <= 8.0
-    shown = json.loads(cli("show", "tz", "--json").stdout)
-    assert shown["state"] == "dead"
+    detail = json.loads(cli("show", "tz", "--json").stdout)
+    assert detail["state"] == "dead"
