@@ -401,17 +401,22 @@ def render_prometheus(status: snapshot.Snapshot | None,
         "queuectl_window_wait_seconds",
         "Time from enqueue to the start of the latest attempt of the jobs finished within "
         "the window, by queue and quantile.",
-        [sample for queue in report.queues for sample in (
-            ({"queue": queue.queue, "quantile": "0.5"}, queue.wait_p50),
-            ({"queue": queue.queue, "quantile": "0.95"}, queue.wait_p95))])
+        _quantile_samples(report, "wait"))
     exposition.family(
         "queuectl_window_run_seconds",
         "Duration of the latest attempt of the jobs finished within the window, by queue "
         "and quantile.",
-        [sample for queue in report.queues for sample in (
-            ({"queue": queue.queue, "quantile": "0.5"}, queue.run_p50),
-            ({"queue": queue.queue, "quantile": "0.95"}, queue.run_p95))])
+        _quantile_samples(report, "run"))
     return exposition.text()
+
+
+def _quantile_samples(report, measure: str) -> list:
+    """Return the 0.5 and 0.95 quantile samples of one measure (wait or run) per queue."""
+    return [
+        ({"queue": queue.queue, "quantile": quantile}, getattr(queue, f"{measure}_{name}"))
+        for queue in report.queues
+        for quantile, name in (("0.5", "p50"), ("0.95", "p95"))
+    ]
 
 
 # HTTP --------------------------------------------------------------------------------------
