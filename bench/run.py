@@ -116,7 +116,7 @@ def bench_drain(backend: str, jobs: int) -> tuple[float, float]:
 
 
 def peak_worker_rss(home: Path) -> float:
-    """The largest peak resident set size of the workers of a home, in MiB."""
+    """Return the largest peak resident set size of the workers of a home, in MiB."""
     peak = 0
     for record_file in (home / "run").glob("supervisor-*.json"):
         for pid in json.loads(record_file.read_text())["workers"].values():

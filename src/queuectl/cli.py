@@ -242,8 +242,8 @@ def list_command(
         output.print_json([output.job_summary(job) for job in found])
         return
     if not found:
-        what = f" {selected.value}" if selected else ""
-        stderr(f"no{what} jobs; add one with: queuectl enqueue '{{\"command\":\"echo hi\"}}'")
+        state_name = f" {selected.value}" if selected else ""
+        stderr(f"no{state_name} jobs; add one with: queuectl enqueue '{{\"command\":\"echo hi\"}}'")
         return
     rows = [(job.id, job.state, f"{job.attempts}/{job.max_retries}", job.queue, job.priority,
              output.local_time(job.run_at), job.command, job.last_error or "")
@@ -323,31 +323,29 @@ def logs(
 
     engine = _engine()
     job = jobs.get_job(engine, job_id)
-    shown = job.output or ""
-    sys.stdout.write(shown)
+    printed = job.output or ""
+    sys.stdout.write(printed)
     sys.stdout.flush()
     while follow and job.state in (JobState.PENDING.value, JobState.PROCESSING.value,
                                    JobState.FAILED.value):
         time.sleep(0.5)
         job = jobs.get_job(engine, job_id)
         current = job.output or ""
-        if job.state == JobState.PROCESSING.value and current and current != shown:
-            sys.stdout.write(_new_text(shown, current))
+        # A running job's output is empty until its worker first stores it: wait for that.
+        waiting_for_output = job.state == JobState.PROCESSING.value and not current
+        if current != printed and not waiting_for_output:
+            sys.stdout.write(_new_text(printed, current))
             sys.stdout.flush()
-            shown = current
-        elif job.state != JobState.PROCESSING.value:
-            if current != shown:
-                sys.stdout.write(_new_text(shown, current))
-            shown = current
-    if shown and not shown.endswith("\n"):
+            printed = current
+    if printed and not printed.endswith("\n"):
         sys.stdout.write("\n")
 
 
-def _new_text(shown: str, current: str) -> str:
+def _new_text(printed: str, current: str) -> str:
     """Return the part of the current output tail that follows what was printed already."""
-    if current.startswith(shown):
-        return current[len(shown):]
-    anchor = shown[-256:]
+    if current.startswith(printed):
+        return current[len(printed):]
+    anchor = printed[-256:]
     position = current.rfind(anchor) if anchor else -1
     if position >= 0:
         return current[position + len(anchor):]
@@ -610,8 +608,8 @@ def worker_stop(
     from queuectl import supervisor, workers
 
     if all_hosts:
-        asked = workers.request_stop_all(_engine())
-        stderr(f"asked {asked} worker(s) on all hosts to stop")
+        requested = workers.request_stop_all(_engine())
+        stderr(f"asked {requested} worker(s) on all hosts to stop")
     stopped = supervisor.stop_local(timeout, force)
     if not stopped:
         if not all_hosts:

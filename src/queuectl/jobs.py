@@ -102,19 +102,23 @@ def enqueue_many(engine: Engine, specs: list[JobSpec],
                     on_progress(min(start + INSERT_CHUNK, len(rows)))
             notify_new_jobs(conn)
     except IntegrityError:
-        taken = _existing_ids(engine, ids)
-        raise DuplicateJob(taken[0] if taken else ids[0]) from None
+        existing = _existing_ids(engine, ids)
+        raise DuplicateJob(existing[0] if existing else ids[0]) from None
     return [NewJob(**row) for row in rows]
 
 
 def _existing_ids(engine: Engine, ids: list[str]) -> list[str]:
     found: list[str] = []
     with read_only(engine).connect() as conn:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+        for chunk in _chunks(ids):
             found.extend(conn.scalars(select(Job.id).where(Job.id.in_(chunk))))
     order = {job_id: index for index, job_id in enumerate(ids)}
     return sorted(found, key=order.__getitem__)
+
+
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    """Split ids into lists short enough for one IN clause on every backend."""
+    return [ids[start:start + size] for start in range(0, len(ids), size)]
 
 
 def notify_new_jobs(conn) -> None:
@@ -222,8 +226,7 @@ def requeue(engine: Engine, job_ids: list[str], allowed: tuple[JobState, ...], a
 def _jobs_by_id(session: Session, job_ids: list[str], hint: str) -> dict[str, Job]:
     """Load jobs by id, in the order given, or raise JobNotFound for the first missing one."""
     found: dict[str, Job] = {}
-    for start in range(0, len(job_ids), 500):
-        chunk = job_ids[start:start + 500]
+    for chunk in _chunks(job_ids):
         found.update((job.id, job) for job in session.scalars(select(Job).where(Job.id.in_(chunk))))
     for job_id in job_ids:
         if job_id not in found:
@@ -375,7 +378,7 @@ def claim_next(
     """Claim the highest-priority, oldest due job and mark it processing, atomically.
 
     On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED inside the same
-    statement, so workers never wait on each other. On SQLite the UPDATE is conditional on
+    statement, so a claim skips rows that other workers have locked instead of waiting. On SQLite the UPDATE is conditional on
     the state, and BEGIN IMMEDIATE makes it the only writer, so exactly one worker wins.
     """
     with engine.begin() as conn:

@@ -127,7 +127,7 @@ def escape_controls(text: str, keep: str = "") -> str:
 
 
 def job_summary(job: Job) -> dict[str, Any]:
-    """The fields of a job that listings show, in the stable JSON form."""
+    """Return the fields of a job that listings show, in the stable JSON form."""
     return {
         "id": job.id,
         "state": job.state,
@@ -145,7 +145,7 @@ def job_summary(job: Job) -> dict[str, Any]:
 
 
 def job_detail(job: Job) -> dict[str, Any]:
-    """Every field of a job, in the stable JSON form."""
+    """Return every field of a job, in the stable JSON form."""
     detail = job_summary(job)
     detail.update({
         "timeout": job.timeout,

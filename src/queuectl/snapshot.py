@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, defer
 
-from queuectl import metrics, workers
+from queuectl import jobs, metrics, workers
 from queuectl.db import display_url, read_only
 from queuectl.models import Job, JobState, utcnow
 
@@ -93,7 +93,6 @@ def _job_view(job: Job) -> JobView:
 def _read_jobs(engine: Engine, failures: int, dead: int
                ) -> tuple[dict[str, int], list[JobView], list[JobView]]:
     """Read the counts per state, the latest failures and the newest dead jobs."""
-    counts = {state.value: 0 for state in JobState}
     failed_states = (JobState.FAILED.value, JobState.DEAD.value)
     # The output tail can hold many kilobytes per job and is not shown.
     latest_failures = (select(Job).options(defer(Job.output))
@@ -102,9 +101,8 @@ def _read_jobs(engine: Engine, failures: int, dead: int
     newest_dead = (select(Job).options(defer(Job.output))
                    .where(Job.state == JobState.DEAD.value)
                    .order_by(Job.seq.desc()).limit(dead))
+    counts = jobs.count_by_state(engine)
     with Session(read_only(engine)) as session:
-        for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
-            counts[state] = count
         recent = [_job_view(job) for job in session.scalars(latest_failures)]
         dead_jobs = [_job_view(job) for job in session.scalars(newest_dead)]
     return counts, recent, dead_jobs

@@ -86,9 +86,9 @@ class Supervisor:
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_requests += 1
-        how = "gracefully" if self.stop_requests == 1 else "by force"
+        manner = "gracefully" if self.stop_requests == 1 else "by force"
         log.info("supervisor received %s; stopping the workers %s",
-                 signal.Signals(signum).name, how)
+                 signal.Signals(signum).name, manner)
         for slot in self.slots:
             if slot.process is not None and slot.process.is_alive():
                 os.kill(slot.process.pid, signal.SIGTERM)

@@ -34,9 +34,9 @@ def _read_proc(pid: int, name: str) -> list[bytes]:
 
 def pids_with_argument(argument: str) -> list[int]:
     """Return the live processes that have `argument` as one of their command-line words."""
-    wanted = argument.encode()
+    expected = argument.encode()
     return [pid for pid in _all_pids()
-            if wanted in _read_proc(pid, "cmdline") and not process_gone(pid)]
+            if expected in _read_proc(pid, "cmdline") and not process_gone(pid)]
 
 
 def pids_in_home(home: Path) -> list[int]:
