@@ -132,7 +132,10 @@ class Worker:
         self.supervisor_pid = supervisor_pid
         self.stopping = threading.Event()  # finish the current job, then exit
         self.forced = threading.Event()  # stop the current job now and requeue it
-        self.claim_lost = threading.Event()
+        # The token of a claim found taken from this worker (cancelled, or recovered after
+        # its lease expired). It names the claim, so a renewal that fails because the
+        # previous job was just recorded cannot stop the next one.
+        self.lost_token: str | None = None
         self.exited = threading.Event()  # wakes the heartbeat thread so it can end
         self.claim: Claim | None = None
         # A job claimed in the transaction that completed the previous one, to run next.
@@ -221,7 +224,6 @@ class Worker:
 
     def _process(self, claim: Claim) -> None:
         self.claim = claim
-        self.claim_lost.clear()
         attempt = f"{claim.attempts}/{claim.max_retries}"
         extra = {"job_id": claim.id, "action": "job_start"}
         self.log.info("job %s started (attempt %s, queue %s)", claim.id, attempt, claim.queue,
@@ -229,7 +231,7 @@ class Worker:
         timeout = claim.timeout or float(self.settings["job_timeout"]) or None
         environment = dict(self.environment, QUEUECTL_JOB_ID=claim.id,
                            QUEUECTL_JOB_ATTEMPT=str(claim.attempts))
-        interrupt = _AnyEvent(self.forced, self.claim_lost)
+        interrupt = _Interrupt(self, claim.token)
         self.tail = OutputTail(int(self.settings["output_limit"]))
         self.tail_stored = 0
         try:
@@ -244,7 +246,7 @@ class Worker:
         """Store an attempt's result, retrying until the database takes it."""
         attempt = f"{claim.attempts}/{claim.max_retries}"
         extra = {"job_id": claim.id, "action": "job_end"}
-        if self.claim_lost.is_set():
+        if self.lost_token == claim.token:
             self.log.warning("job %s was cancelled or recovered elsewhere while running here; "
                              "its command was stopped and its result discarded", claim.id,
                              extra=extra)
@@ -447,7 +449,7 @@ class Worker:
                 self.log.warning("job %s is no longer held by %s (cancelled, or its lease "
                                  "expired); stopping it", claim.id, self.name,
                                  extra={"job_id": claim.id, "action": "lease_lost"})
-                self.claim_lost.set()
+                self.lost_token = claim.token
         elif claim is not None and tail is not None and tail.total != self.tail_stored:
             self.tail_stored = tail.total
             jobs.store_partial_output(self.engine, claim, tail.text())
@@ -466,14 +468,15 @@ class Worker:
                 self.wake_listener.wake()
 
 
-class _AnyEvent:
-    """A read-only view that is set when any of several events is set."""
+class _Interrupt:
+    """An event-like flag, set once the worker is forced to stop or loses this claim."""
 
-    def __init__(self, *events: threading.Event) -> None:
-        self.events = events
+    def __init__(self, worker: Worker, token: str) -> None:
+        self.worker = worker
+        self.token = token
 
     def is_set(self) -> bool:
-        return any(event.is_set() for event in self.events)
+        return self.worker.forced.is_set() or self.worker.lost_token == self.token
 
 
 def _first_line(exc: BaseException) -> str:
