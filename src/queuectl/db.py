@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # The newest Alembic revision. A test checks it against the migration scripts, so the
 # schema check below needs no Alembic import on the hot path of every command.
-SCHEMA_REVISION = "0002_normalise_config_keys"
+SCHEMA_REVISION = "0003_index_claimable_jobs"
 
 # Seconds a SQLite connection waits for another writer before it reports "database is locked".
 SQLITE_BUSY_TIMEOUT = 60.0

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from queuectl.procfs import process_stats
 
@@ -184,6 +185,7 @@ def run_command(
     force: threading.Event | None = None,
     env: dict[str, str] | None = None,
     tail: OutputTail | None = None,
+    while_running: Callable[[], float | None] | None = None,
 ) -> Result:
     """Run a command with `sh -c` in a new session and wait for it.
 
@@ -191,6 +193,10 @@ def run_command(
     blocks it on a full pipe or fills memory. When `timeout` seconds pass, or `force` is set,
     the whole process group is stopped, grandchildren included. A caller that passes its
     own `tail` can read the output while the command runs.
+
+    `while_running`, when given, is called once the command has started, for work to do
+    meanwhile. It returns the seconds until it wants to be called again, or None. If it
+    raises, the command's process group is stopped and the exception propagates.
     """
     tail = tail if tail is not None else OutputTail(output_limit)
     try:
@@ -198,7 +204,7 @@ def run_command(
     except OSError as exc:
         return Result(127, f"cannot start {SHELL}: {exc.strerror}", "")
     try:
-        stopped = _collect(process, tail, timeout, force)
+        stopped = _collect(process, tail, timeout, force, while_running)
     finally:
         process.stdout.close()
     if stopped == "timeout":
@@ -219,16 +225,24 @@ def _seconds(value: float | None) -> str:
 
 def _collect(
     process: JobProcess, tail: OutputTail, timeout: float | None,
-    force: threading.Event | None,
+    force: threading.Event | None, while_running: Callable[[], float | None] | None,
 ) -> str | None:
     """Read output until the shell exits; return "timeout" or "force" if it was stopped."""
     fd = process.stdout.fileno()
     os.set_blocking(fd, False)
     pidfd = _open_pidfd(process.pid)
     deadline = time.monotonic() + timeout if timeout else None
+    callback_at = time.monotonic() if while_running is not None else None
     pipe_open = True
     try:
         while True:
+            if callback_at is not None and time.monotonic() >= callback_at:
+                try:
+                    delay = while_running()
+                except BaseException:
+                    stop_process_group(process, grace=0)
+                    raise
+                callback_at = None if delay is None else time.monotonic() + delay
             if force is not None and force.is_set():
                 stop_process_group(process)
                 return "force"
@@ -240,6 +254,8 @@ def _collect(
             wait = 0.5 if force is not None else 5.0
             if deadline is not None:
                 wait = min(wait, max(deadline - time.monotonic(), 0))
+            if callback_at is not None:
+                wait = min(wait, max(callback_at - time.monotonic(), 0))
             watched = [pidfd] if pidfd is not None else []
             if pipe_open:
                 watched.append(fd)

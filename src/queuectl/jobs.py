@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from queuectl import config
+from queuectl.claims import Claim, ClaimConnection, Outcome
 from queuectl.db import read_only
 from queuectl.errors import DuplicateJob, InvalidInput, InvalidState, JobNotFound
 from queuectl.models import CLAIMABLE_STATES, FINAL_STATES, Job, JobState, utcnow
@@ -313,90 +312,18 @@ def backoff_delay(attempts: int, base: float, cap: float) -> float:
     return min(delay, cap)
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A job a worker holds: what it runs, and the token it records the result under."""
-
-    id: str
-    command: str
-    queue: str
-    attempts: int
-    max_retries: int
-    timeout: float | None
-    token: str
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The change a finished attempt made to its job."""
-
-    state: JobState
-    retry_in: float | None = None  # seconds, when the job failed and will run again
-    recorded: bool = True  # False when the claim was lost and the result discarded
-
-
-@functools.cache
-def _claim_statement(by_queue: bool):
-    """Build the claim UPDATE once per process; executions only bind new values.
-
-    Building SQLAlchemy statements costs about as much as running them on SQLite, and a
-    worker claims once per job.
-    """
-    candidate = select(jobs_table.c.seq).where(
-        jobs_table.c.state.in_(CLAIMABLE_STATES), jobs_table.c.run_at <= bindparam("now")
-    )
-    if by_queue:
-        candidate = candidate.where(jobs_table.c.queue.in_(bindparam("queues", expanding=True)))
-    candidate = (
-        candidate.order_by(jobs_table.c.priority.desc(), jobs_table.c.seq)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    return (
-        update(jobs_table)
-        .where(jobs_table.c.seq == candidate, jobs_table.c.state.in_(CLAIMABLE_STATES))
-        .values(
-            state=JobState.PROCESSING.value,
-            attempts=jobs_table.c.attempts + 1,
-            claim_token=bindparam("token"),
-            worker_id=bindparam("worker_id"),
-            started_at=bindparam("now"),
-            updated_at=bindparam("now"),
-            lease_expires_at=bindparam("lease_expires_at"),
-        )
-        .returning(
-            jobs_table.c.id, jobs_table.c.command, jobs_table.c.queue,
-            jobs_table.c.attempts, jobs_table.c.max_retries, jobs_table.c.timeout,
-        )
-    )
-
-
 def claim_next(
     engine: Engine, worker_id: str, queues: list[str] | None, lease_seconds: float
 ) -> Claim | None:
     """Claim the highest-priority, oldest due job and mark it processing, atomically.
 
     On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED inside the same
-    statement, so a claim skips rows that other workers have locked instead of waiting. On SQLite the UPDATE is conditional on
-    the state, and BEGIN IMMEDIATE makes it the only writer, so exactly one worker wins.
+    statement, so a claim skips rows that other workers have locked instead of waiting. On
+    SQLite the UPDATE is conditional on the state, and BEGIN IMMEDIATE makes it the only
+    writer, so exactly one worker wins. A worker keeps a ClaimConnection instead.
     """
-    with engine.begin() as conn:
-        return _claim_in(conn, worker_id, queues, lease_seconds)
-
-
-def _claim_in(conn, worker_id: str, queues: list[str] | None,
-              lease_seconds: float) -> Claim | None:
-    now = utcnow()
-    token = secrets.token_hex(16)
-    params = {"now": now, "token": token, "worker_id": worker_id,
-              "lease_expires_at": now + timedelta(seconds=lease_seconds)}
-    if queues:
-        params["queues"] = list(queues)
-    row = conn.execute(_claim_statement(bool(queues)), params).first()
-    if row is None:
-        return None
-    return Claim(row.id, row.command, row.queue, row.attempts, row.max_retries, row.timeout, token)
+    with ClaimConnection(engine) as connection:
+        return connection.claim(worker_id, queues, lease_seconds)
 
 
 def renew_lease(engine: Engine, claim: Claim, lease_seconds: float) -> bool:
@@ -412,24 +339,10 @@ def renew_lease(engine: Engine, claim: Claim, lease_seconds: float) -> bool:
     return result.rowcount == 1
 
 
-@functools.cache
-def _complete_statement():
-    """Build the UPDATE that records a successful attempt, once per process."""
-    return (
-        update(jobs_table)
-        .where(jobs_table.c.id == bindparam("job_id"),
-               jobs_table.c.claim_token == bindparam("token"),
-               jobs_table.c.state == JobState.PROCESSING.value)
-        .values(state=JobState.COMPLETED.value, exit_code=bindparam("exit_code"),
-                last_error=None, output=bindparam("output"), finished_at=bindparam("now"),
-                updated_at=bindparam("now"), claim_token=None, lease_expires_at=None)
-    )
-
-
 def complete(engine: Engine, claim: Claim, exit_code: int, output: str | None) -> Outcome:
     """Record a successful attempt; the job becomes completed."""
-    with engine.begin() as conn:
-        return _complete_in(conn, claim, exit_code, output)
+    with ClaimConnection(engine) as connection:
+        return connection.complete(claim, exit_code, output)
 
 
 def complete_and_claim_next(
@@ -440,16 +353,9 @@ def complete_and_claim_next(
 
     A busy worker thus commits once per job instead of twice.
     """
-    with engine.begin() as conn:
-        outcome = _complete_in(conn, claim, exit_code, output)
-        return outcome, _claim_in(conn, worker_id, queues, lease_seconds)
-
-
-def _complete_in(conn, claim: Claim, exit_code: int, output: str | None) -> Outcome:
-    params = {"job_id": claim.id, "token": claim.token, "exit_code": exit_code,
-              "output": output, "now": utcnow()}
-    recorded = conn.execute(_complete_statement(), params).rowcount == 1
-    return Outcome(JobState.COMPLETED, recorded=recorded)
+    with ClaimConnection(engine) as connection:
+        return connection.complete_and_claim(claim, exit_code, output, worker_id, queues,
+                                             lease_seconds)
 
 
 def fail(

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -46,6 +47,9 @@ class JobState(str, enum.Enum):
 CLAIMABLE_STATES = (JobState.PENDING.value, JobState.FAILED.value)
 # States that no worker will ever change again.
 FINAL_STATES = (JobState.COMPLETED.value, JobState.DEAD.value, JobState.CANCELLED.value)
+# The condition of the partial indexes on claimable jobs. A query can use those indexes
+# only when its WHERE clause contains this same condition, with literal values.
+CLAIMABLE_CONDITION = text("state IN ('pending', 'failed')")
 
 
 def utcnow() -> datetime:
@@ -120,7 +124,11 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
-        Index("ix_jobs_claim", "state", "queue", "priority", "seq"),
+        # Claimable jobs in claim order: highest priority first, then oldest.
+        Index("ix_jobs_ready", priority.desc(), seq,
+              sqlite_where=CLAIMABLE_CONDITION, postgresql_where=CLAIMABLE_CONDITION),
+        Index("ix_jobs_ready_queue", queue, priority.desc(), seq,
+              sqlite_where=CLAIMABLE_CONDITION, postgresql_where=CLAIMABLE_CONDITION),
         Index("ix_jobs_state_seq", "state", "seq"),
         Index("ix_jobs_lease", "state", "lease_expires_at"),
     )

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from datetime import timedelta
 
 from sqlalchemy import Engine, delete, select, update
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 from queuectl import config, jobs
 from queuectl.db import database_url, display_url, get_engine, read_only
 from queuectl.execution import OutputTail, Result, run_command
-from queuectl.jobs import Claim, Outcome
+from queuectl.claims import Claim, ClaimConnection, Outcome, Success
 from queuectl.models import Job, JobState, WorkerRecord, utcnow
 from queuectl.wake import WakeListener, wake_dir
 
@@ -33,6 +34,19 @@ LISTEN_RETRY_DELAY = 1.0
 # The maximum pause between two heartbeats, in seconds. A heartbeat also notices a job
 # cancelled while it runs and stores the output so far, so it runs at least this often.
 MAX_HEARTBEAT_INTERVAL = 2.0
+# After a job shorter than this, in seconds, a worker claims its next jobs while the
+# current one runs, so that no database round trip sits between two short jobs.
+CLAIM_AHEAD_BELOW = 0.1
+# How much work, in seconds of the last job's run time, a worker claims ahead at once.
+CLAIM_AHEAD_SECONDS = 0.01
+# The most jobs a worker claims ahead at once.
+MAX_CLAIM_AHEAD = 8
+# Jobs claimed ahead return to the queue once the job running before them has run this
+# long, in seconds, so that a long job does not keep them from idle workers. Leases are at
+# least 3 s, so these jobs never outlive theirs.
+CLAIM_AHEAD_RELEASE = 1.0
+# The longest time, in seconds, a success waits to be recorded with others in one commit.
+MAX_RECORD_DELAY = 0.01
 
 
 def hostname() -> str:
@@ -138,14 +152,26 @@ class Worker:
         self.lost_token: str | None = None
         self.exited = threading.Event()  # wakes the heartbeat thread so it can end
         self.claim: Claim | None = None
-        # A job claimed in the transaction that completed the previous one, to run next.
-        self.next_claim: Claim | None = None
+        self.claim_started = 0.0  # time.monotonic() when the current job started
+        # Jobs claimed ahead, in the order they run. Only the main loop's thread uses them.
+        self.ahead: deque[Claim] = deque()
+        # Successes not yet recorded: they are recorded within MAX_RECORD_DELAY while the
+        # next jobs run, or before the worker claims, waits or exits. A worker that dies
+        # first loses them, and those jobs run again once their leases expire.
+        self.unrecorded: list[Success] = []
+        self.last_duration: float | None = None  # seconds the last job ran
         self.tail: OutputTail | None = None
         # Read once: os.environ decodes every variable on each copy, once per job.
         self.environment = dict(os.environ)
         self.tail_stored = 0  # bytes of the running job's output already stored
         self.log = logging.getLogger(f"queuectl.{name}")
         self.engine: Engine | None = None
+        # The connection the main loop claims jobs and records successes on.
+        self.claims: ClaimConnection | None = None
+        # Held by the heartbeat while it renews a lease and by the main loop while it lets
+        # go of a finished job, so a renewal that fails because the job was just recorded
+        # is not taken for a lost claim.
+        self.claim_lock = threading.Lock()
         self.settings: dict = {}
         self.settings_read_at = 0.0
         self.recovered_at = 0.0
@@ -174,6 +200,7 @@ class Worker:
     def run(self) -> None:
         """Work until stopped (or, in burst mode, until no unfinished job is left)."""
         self.engine = self._connect_with_retry()
+        self.claims = ClaimConnection(self.engine)
         if wake_dir(self.engine.url) is not None:
             self.wake_listener = WakeListener(self.engine.url)
         self._with_reconnect(lambda: register(
@@ -188,10 +215,12 @@ class Worker:
             self._loop()
         finally:
             self.stopping.set()
-            self._release_next_claim()
+            self._record_and_claim(0)
+            self._release_ahead()
             self.exited.set()
             heartbeat.join(timeout=5)
             self._close_listener()
+            self.claims.close()
             if self.wake_listener is not None:
                 self.wake_listener.close()
             try:
@@ -209,10 +238,7 @@ class Worker:
                 return
             self._refresh_settings()
             self._recover_expired_leases()
-            claim, self.next_claim = self.next_claim, None
-            if claim is None:
-                claim = self._with_reconnect(lambda: jobs.claim_next(
-                    self.engine, self.id, self.queues, self.settings["lease_seconds"]))
+            claim = self._next_job()
             if claim is not None:
                 self._process(claim)
                 continue
@@ -220,14 +246,34 @@ class Worker:
                     lambda: jobs.has_unfinished_jobs(self.engine, self.queues)):
                 self.log.info("%s found no unfinished job; exiting", self.name)
                 return
+            # A worker woken from idle claims one job at a time until it has run one, so
+            # that the few jobs that woke it spread over every idle worker.
+            self.last_duration = None
             self._wait_for_work(self._idle_timeout())
+
+    def _next_job(self) -> Claim | None:
+        """Return the job to run next: one claimed ahead, or a new claim.
+
+        Successes not yet recorded are recorded in the same transaction as the claim.
+        """
+        if not self.ahead:
+            self._record_and_claim(self._claim_size() or 1)
+        return self.ahead.popleft() if self.ahead else None
+
+    def _claim_size(self) -> int:
+        """Return how many jobs to claim ahead: 0 unless the last job was short."""
+        if (self.last_duration is None or self.last_duration >= CLAIM_AHEAD_BELOW
+                or self.stopping.is_set()):
+            return 0
+        return max(1, min(MAX_CLAIM_AHEAD, int(CLAIM_AHEAD_SECONDS / max(self.last_duration,
+                                                                         1e-6))))
 
     def _process(self, claim: Claim) -> None:
         self.claim = claim
-        attempt = f"{claim.attempts}/{claim.max_retries}"
-        extra = {"job_id": claim.id, "action": "job_start"}
-        self.log.info("job %s started (attempt %s, queue %s)", claim.id, attempt, claim.queue,
-                      extra=extra)
+        self.claim_started = time.monotonic()
+        self.log.debug("job %s started (attempt %s/%s, queue %s)", claim.id, claim.attempts,
+                       claim.max_retries, claim.queue,
+                       extra={"job_id": claim.id, "action": "job_start"})
         timeout = claim.timeout or float(self.settings["job_timeout"]) or None
         environment = dict(self.environment, QUEUECTL_JOB_ID=claim.id,
                            QUEUECTL_JOB_ATTEMPT=str(claim.attempts))
@@ -236,15 +282,65 @@ class Worker:
         self.tail_stored = 0
         try:
             result = run_command(claim.command, timeout, self.tail.limit, force=interrupt,
-                                 env=environment, tail=self.tail)
-            self._record(claim, result)
+                                 env=environment, tail=self.tail,
+                                 while_running=self._while_running)
         finally:
-            self.claim = None
-            self.tail = None
+            with self.claim_lock:
+                self.claim = None
+                self.tail = None
+        self.last_duration = time.monotonic() - self.claim_started
+        if result.succeeded and self.lost_token != claim.token:
+            self.unrecorded.append(Success(claim, result.exit_code, result.output, utcnow()))
+        else:
+            self._record(claim, result)
+
+    def _while_running(self) -> float | None:
+        """Do the database work that can wait for a running job; called while it runs.
+
+        Returns the seconds until the next call is due, or None when none is.
+        """
+        running = time.monotonic() - self.claim_started
+        if self.ahead and running >= CLAIM_AHEAD_RELEASE:
+            self._release_ahead()
+        size = self._claim_size() if running < CLAIM_AHEAD_RELEASE else 0
+        if size and not self.ahead:
+            self._record_and_claim(size)
+        elif self.unrecorded and (not self.ahead or self._unrecorded_age() >= MAX_RECORD_DELAY):
+            self._record_and_claim(0)
+        due = []
+        if self.unrecorded:
+            due.append(MAX_RECORD_DELAY - self._unrecorded_age())
+        if self.ahead:
+            due.append(CLAIM_AHEAD_RELEASE - running)
+        return max(min(due), 0.001) if due else None
+
+    def _unrecorded_age(self) -> float:
+        return (utcnow() - self.unrecorded[0].finished_at).total_seconds()
+
+    def _record_and_claim(self, limit: int) -> None:
+        """Record the successes not yet recorded and claim up to `limit` jobs ahead.
+
+        Recording is retried until the database takes it; claims give up on a stop.
+        """
+        successes, self.unrecorded = self.unrecorded, []
+        if not successes and (limit == 0 or self.stopping.is_set()):
+            return
+        if self.stopping.is_set():
+            limit = 0
+        pair = self._with_reconnect(
+            lambda: self.claims.record_and_claim(successes, limit, self.id, self.queues,
+                                                 self.settings["lease_seconds"]),
+            give_up=None if successes else self._GIVE_UP_ON_STOP)
+        recorded, claimed = pair if pair is not None else (None, [])
+        self.ahead.extend(claimed)
+        if recorded is None:
+            return  # forced to stop while the database was unreachable
+        for success in successes:
+            outcome = Outcome(JobState.COMPLETED, recorded=success.claim.id in recorded)
+            self._log_outcome(success.claim, None, outcome)
 
     def _record(self, claim: Claim, result: Result) -> None:
-        """Store an attempt's result, retrying until the database takes it."""
-        attempt = f"{claim.attempts}/{claim.max_retries}"
+        """Store a failed, interrupted or lost attempt, retrying until the database takes it."""
         extra = {"job_id": claim.id, "action": "job_end"}
         if self.lost_token == claim.token:
             self.log.warning("job %s was cancelled or recovered elsewhere while running here; "
@@ -259,40 +355,28 @@ class Worker:
                 self.log.warning("job %s interrupted by a forced stop and returned to the "
                                  "queue (attempt not counted)", claim.id, extra=extra)
             return
-        if result.succeeded and self.stopping.is_set():
-            outcome = self._with_reconnect(
-                lambda: jobs.complete(self.engine, claim, result.exit_code, result.output),
-                give_up=None)
-        elif result.succeeded:
-            pair = self._with_reconnect(
-                lambda: jobs.complete_and_claim_next(
-                    self.engine, claim, result.exit_code, result.output, self.id,
-                    self.queues, self.settings["lease_seconds"]),
-                give_up=None)
-            outcome, self.next_claim = pair if pair is not None else (None, None)
-        else:
-            outcome = self._with_reconnect(
-                lambda: jobs.fail(self.engine, claim, result.error, result.exit_code,
-                                  result.output),
-                give_up=None)
-        self._log_outcome(claim, attempt, result, outcome, extra)
+        outcome = self._with_reconnect(
+            lambda: jobs.fail(self.engine, claim, result.error, result.exit_code,
+                              result.output),
+            give_up=None)
+        self._log_outcome(claim, result, outcome)
 
-    def _release_next_claim(self) -> None:
-        """Return a job claimed ahead but never started to the queue, attempt uncounted."""
-        claim, self.next_claim = self.next_claim, None
-        if claim is None:
-            return
-        try:
-            jobs.release(self.engine, claim, None)
-        except DBAPIError as exc:
-            self.log.warning("could not return job %s to the queue (%s); it is recovered when "
-                             "its lease expires", claim.id, _first_line(exc),
-                             extra={"job_id": claim.id, "action": "release"})
+    def _release_ahead(self) -> None:
+        """Return the jobs claimed ahead to the queue, attempts uncounted."""
+        while self.ahead:
+            claim = self.ahead.popleft()
+            try:
+                jobs.release(self.engine, claim, None)
+            except DBAPIError as exc:
+                self.log.warning("could not return job %s to the queue (%s); it is recovered "
+                                 "when its lease expires", claim.id, _first_line(exc),
+                                 extra={"job_id": claim.id, "action": "release"})
 
-    def _log_outcome(self, claim: Claim, attempt: str, result: Result, outcome: Outcome,
-                     extra: dict) -> None:
+    def _log_outcome(self, claim: Claim, result: Result | None, outcome: Outcome | None) -> None:
         if outcome is None:
             return
+        attempt = f"{claim.attempts}/{claim.max_retries}"
+        extra = {"job_id": claim.id, "action": "job_end"}
         if not outcome.recorded:
             self.log.warning("job %s was taken over before its result was stored; the result "
                              "is discarded", claim.id, extra=extra)
@@ -443,14 +527,15 @@ class Worker:
                 return
 
     def _beat(self, lease: float) -> None:
-        claim, tail = self.claim, self.tail
-        if claim is not None and not jobs.renew_lease(self.engine, claim, lease):
-            if self.claim is claim:
+        with self.claim_lock:
+            claim, tail = self.claim, self.tail
+            renewed = claim is None or jobs.renew_lease(self.engine, claim, lease)
+            if not renewed:
                 self.log.warning("job %s is no longer held by %s (cancelled, or its lease "
                                  "expired); stopping it", claim.id, self.name,
                                  extra={"job_id": claim.id, "action": "lease_lost"})
                 self.lost_token = claim.token
-        elif claim is not None and tail is not None and tail.total != self.tail_stored:
+        if renewed and claim is not None and tail is not None and tail.total != self.tail_stored:
             self.tail_stored = tail.total
             jobs.store_partial_output(self.engine, claim, tail.text())
         with self.engine.begin() as conn:
@@ -466,6 +551,7 @@ class Worker:
             self.stopping.set()
             if self.wake_listener is not None:
                 self.wake_listener.wake()
+
 
 
 class _Interrupt:

@@ -143,7 +143,8 @@ def test_config_value_is_stored_unchanged_or_rejected(engine, key: str, raw: str
         return
 
     assert canonical == config.canonical_key(key)
-    assert value == config.SETTINGS[canonical].kind(raw.strip())
+    # An integer setting also takes a whole number written as a float, such as "1.0".
+    assert value == config.SETTINGS[canonical].kind(float(raw.strip()))
     assert config.get_value(engine, key) == value
 
 
