@@ -1,10 +1,15 @@
-"""Benchmarks of queuectl against a plain thread pool running the same commands.
+"""Benchmarks of queuectl against a plain thread pool and peer Python job queues.
 
-Run by hand, never by CI:  python bench/run.py [--jobs 2000] [--runs 5] [--backends sqlite,postgresql]
+Run by hand, never by CI:
+    python bench/run.py [--jobs 2000] [--runs 5] [--backends sqlite,postgresql]
+                        [--systems pool,queuectl,huey-redis,huey-sqlite,procrastinate,rq]
 
 Each figure is the median of --runs runs, with the spread (min to max). Every run starts
 from an empty database in a temporary folder. PostgreSQL runs use a fresh database on the
-server that QUEUECTL_BENCH_PG_URL names (default: the local server, user postgres).
+server that QUEUECTL_BENCH_PG_URL names (default: the local server, user postgres). Huey
+on Redis and RQ use a private redis-server on a Unix socket, which the script starts and
+stops itself. The peers need `pip install -e '.[bench]'`, and a peer that is not installed
+is skipped with a note on stderr.
 """
 
 from __future__ import annotations
@@ -12,18 +17,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
-PG_ADMIN_URL = os.environ.get(
-    "QUEUECTL_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-WORKERS = 4
+import peer_bench
+from common import WORKERS, enqueue_to_done_ms, peak_rss_mib
+from report import Results, format_table, goal_rows
+from services import PostgresDatabase, RedisServer
+
+SYSTEMS = ("pool", "queuectl", *peer_bench.PEERS)
+BACKENDS = ("sqlite", "postgresql")
+# Jobs in the small queue of the status and list figures.
+SMALL_QUEUE = 1000
+
+T = TypeVar("T")
 
 
 def queuectl(env: dict, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -38,30 +53,17 @@ class Database:
         self.backend = backend
         self.folder = tempfile.TemporaryDirectory(prefix="queuectl-bench-")
         self.env = dict(os.environ, QUEUECTL_HOME=str(Path(self.folder.name) / "home"))
-        self.pg_name = None
+        self.pg_database = None
         if backend == "postgresql":
-            from sqlalchemy import create_engine, text
-            from sqlalchemy.engine import make_url
-
-            self.pg_name = f"queuectl_bench_{secrets.token_hex(4)}"
-            admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{self.pg_name}"'))
-            admin.dispose()
-            url = make_url(PG_ADMIN_URL).set(database=self.pg_name)
-            self.env["QUEUECTL_DB_URL"] = url.render_as_string(hide_password=False)
+            self.pg_database = PostgresDatabase("queuectl_bench")
+            self.env["QUEUECTL_DB_URL"] = self.pg_database.sqlalchemy_url()
         else:
             self.env.pop("QUEUECTL_DB_URL", None)
         queuectl(self.env, "init-db")
 
     def close(self) -> None:
-        if self.pg_name:
-            from sqlalchemy import create_engine, text
-
-            admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)'))
-            admin.dispose()
+        if self.pg_database:
+            self.pg_database.close()
         self.folder.cleanup()
 
     def engine(self):
@@ -99,17 +101,19 @@ def bench_drain(backend: str, jobs: int) -> tuple[float, float]:
 
     database = Database(backend)
     try:
-        queuectl(database.env, "worker", "start", "--count", str(WORKERS))
         engine = database.engine()
-        time.sleep(1.0)  # let the workers go idle
-        start = time.perf_counter()
-        job_service.enqueue_many(engine, [JobSpec(command="true") for _ in range(jobs)])
-        while count_completed(engine) < jobs:
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - start
-        rss = peak_worker_rss(Path(database.env["QUEUECTL_HOME"]))
-        queuectl(database.env, "worker", "stop")
-        engine.dispose()
+        queuectl(database.env, "worker", "start", "--count", str(WORKERS))
+        try:
+            time.sleep(1.0)  # let the workers go idle
+            start = time.perf_counter()
+            job_service.enqueue_many(engine, [JobSpec(command="true") for _ in range(jobs)])
+            while count_completed(engine) < jobs:
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - start
+            rss = peak_worker_rss(Path(database.env["QUEUECTL_HOME"]))
+        finally:
+            queuectl(database.env, "worker", "stop")
+            engine.dispose()
         return jobs / elapsed, rss
     finally:
         database.close()
@@ -117,37 +121,28 @@ def bench_drain(backend: str, jobs: int) -> tuple[float, float]:
 
 def peak_worker_rss(home: Path) -> float:
     """Return the largest peak resident set size of the workers of a home, in MiB."""
-    peak = 0
+    pids = []
     for record_file in (home / "run").glob("supervisor-*.json"):
-        for pid in json.loads(record_file.read_text())["workers"].values():
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-    return peak / 1024
+        pids.extend(json.loads(record_file.read_text())["workers"].values())
+    return peak_rss_mib(pids)
 
 
-def bench_latency(backend: str, samples: int = 30) -> float:
+def bench_latency(backend: str) -> float:
     """Median milliseconds from enqueue to the command's end, with 4 idle workers."""
     from queuectl import jobs as job_service
     from queuectl.spec import JobSpec
 
     database = Database(backend)
     try:
-        queuectl(database.env, "worker", "start", "--count", str(WORKERS))
         engine = database.engine()
-        stamp = Path(database.folder.name) / "stamp"
-        latencies = []
-        for _ in range(samples):
-            time.sleep(0.3)  # idle time before each job
-            stamp.unlink(missing_ok=True)
-            start = time.time()
-            job_service.enqueue(engine, JobSpec(command=f"date +%s.%N > {stamp}"))
-            while not stamp.exists() or not stamp.read_text().strip():
-                time.sleep(0.0005)
-            latencies.append((float(stamp.read_text()) - start) * 1000)
-        queuectl(database.env, "worker", "stop")
-        engine.dispose()
-        return statistics.median(latencies)
+        queuectl(database.env, "worker", "start", "--count", str(WORKERS))
+        try:
+            return enqueue_to_done_ms(
+                lambda command: job_service.enqueue(engine, JobSpec(command=command)),
+                Path(database.folder.name) / "stamp")
+        finally:
+            queuectl(database.env, "worker", "stop")
+            engine.dispose()
     finally:
         database.close()
 
@@ -200,8 +195,11 @@ def bench_cli_start() -> tuple[float, float]:
         database.close()
 
 
-def bench_read_scaling(backend: str, small: int, large: int) -> dict[str, float]:
-    """Wall milliseconds of `status` and `list --limit 50` on a small and a large queue."""
+def bench_read_scaling(backend: str, small: int, large: int) -> dict[tuple[str, int], float]:
+    """Wall milliseconds of `status` and `list --limit 50` on a small and a large queue.
+
+    Returns them by (command, jobs in the queue).
+    """
     from sqlalchemy import insert
 
     from queuectl.models import Job, utcnow
@@ -231,52 +229,144 @@ def bench_read_scaling(backend: str, small: int, large: int) -> dict[str, float]
                     start = time.perf_counter()
                     queuectl(database.env, *args)
                     times.append((time.perf_counter() - start) * 1000)
-                results[f"{name}@{size}"] = statistics.median(times)
+                results[(name, size)] = statistics.median(times)
         engine.dispose()
         return results
     finally:
         database.close()
 
 
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):,.1f} ({min(values):,.1f} to {max(values):,.1f})"
+def collect(label: str, runs: int, measure: Callable[[], T]) -> list[T]:
+    """Run `measure` `runs` times and return its results, after a progress line on stderr."""
+    print(f"measuring {label}, {runs} run(s)", file=sys.stderr, flush=True)
+    return [measure() for _ in range(runs)]
+
+
+def measure_queuectl(results: Results, options: argparse.Namespace) -> None:
+    for backend in options.backends:
+        key = f"queuectl-{backend}"
+        label = f"queuectl {backend}"
+        drains = collect(f"{label} drain", options.runs,
+                         lambda: bench_drain(backend, options.jobs))
+        results.add(f"{key}.drain", f"{label}: drain, jobs/s", [d[0] for d in drains])
+        results.add(f"{key}.rss", f"{label}: worker peak RSS, MiB", [d[1] for d in drains])
+        results.add(f"{key}.enqueue_one", f"{label}: enqueue one at a time, jobs/s",
+                    collect(f"{label} enqueue", options.runs,
+                            lambda: bench_enqueue_one(backend, 1000)))
+        results.add(f"{key}.enqueue_file", f"{label}: enqueue --file {options.bulk:,}, jobs/s",
+                    collect(f"{label} enqueue --file", options.runs,
+                            lambda: bench_enqueue_file(backend, options.bulk)))
+        results.add(f"{key}.p50", f"{label}: enqueue to command done, p50 ms",
+                    collect(f"{label} latency", options.runs, lambda: bench_latency(backend)))
+        print(f"measuring {label} status and list", file=sys.stderr, flush=True)
+        scaling = bench_read_scaling(backend, SMALL_QUEUE, options.large)
+        for (command, size), value in scaling.items():
+            results.add(f"{key}.{command}@{size}", f"{label}: {command}, {size:,} jobs, ms",
+                        [value], spread=False)
+    starts = collect("queuectl start-up", options.runs, bench_cli_start)
+    results.add("cli.enqueue", "one `queuectl enqueue`, ms", [s[0] for s in starts])
+    results.add("cli.imports", "`python -c 'import sqlalchemy, typer'`, ms",
+                [s[1] for s in starts])
+
+
+def measure_peers(results: Results, names: list[str], options: argparse.Namespace) -> None:
+    """Measure each named peer that is installed. A peer that fails is reported and skipped."""
+    peers = []
+    for name in names:
+        missing = peer_bench.PEERS[name].missing_module()
+        if missing:
+            print(f"note: skipping {name}: module {missing!r} is not installed "
+                  "(pip install -e '.[bench]')", file=sys.stderr)
+        else:
+            peers.append(peer_bench.PEERS[name])
+
+    redis = None
+    try:
+        if any(peer.needs_redis for peer in peers):
+            try:
+                redis = RedisServer()
+            except (OSError, RuntimeError) as exc:
+                skipped = ", ".join(peer.name for peer in peers if peer.needs_redis)
+                print(f"note: skipping {skipped}: {exc}", file=sys.stderr)
+                peers = [peer for peer in peers if not peer.needs_redis]
+        for peer_class in peers:
+            peer = peer_class(redis)
+            try:
+                measure_peer(results, peer, options)
+            except Exception:  # noqa: BLE001 - one broken peer must not lose the others
+                traceback.print_exc()
+                print(f"note: {peer.name} failed; its remaining figures are left out",
+                      file=sys.stderr)
+    finally:
+        if redis is not None:
+            redis.close()
+
+
+def measure_peer(results: Results, peer: peer_bench.Peer, options: argparse.Namespace) -> None:
+    label = peer.label
+    drains = collect(f"{label} drain", options.runs,
+                     lambda: peer_bench.bench_drain(peer, options.jobs))
+    results.add(f"{peer.name}.drain", f"{label}: drain, jobs/s", [d[0] for d in drains])
+    results.add(f"{peer.name}.rss", f"{label}: worker peak RSS, MiB", [d[1] for d in drains])
+    results.add(f"{peer.name}.enqueue_one", f"{label}: enqueue one at a time, jobs/s",
+                collect(f"{label} enqueue", options.runs,
+                        lambda: peer_bench.bench_enqueue_one(peer)))
+    if peer.batch_call:
+        results.add(f"{peer.name}.batch", f"{label}: {peer.batch_call} {options.bulk:,}, jobs/s",
+                    collect(f"{label} {peer.batch_call}", options.runs,
+                            lambda: peer_bench.bench_batch(peer, options.bulk)))
+    results.add(f"{peer.name}.p50", f"{label}: enqueue to command done, p50 ms",
+                collect(f"{label} latency", options.runs,
+                        lambda: peer_bench.bench_latency(peer)))
+
+
+def comma_list(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """Build an argparse type that splits a comma list and rejects names not in `choices`."""
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown name(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
+        return names
+    return parse
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--bulk", type=int, default=100_000)
-    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--jobs", type=int, default=2000,
+                        help="jobs per drain and per thread-pool run (default 2000)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="runs of each figure; the table shows their median (default 5)")
+    parser.add_argument("--backends", type=comma_list(BACKENDS), default=list(BACKENDS),
+                        help="queuectl backends, comma-separated (default sqlite,postgresql)")
+    parser.add_argument("--bulk", type=int, default=100_000,
+                        help="jobs per bulk enqueue: queuectl's enqueue --file and the peers' "
+                             "batch calls (default 100000)")
+    parser.add_argument("--large", type=int, default=1_000_000,
+                        help="jobs in the large queue of the status and list figures "
+                             "(default 1000000)")
+    parser.add_argument("--systems", type=comma_list(SYSTEMS), default=list(SYSTEMS),
+                        help=f"systems to measure, comma-separated (default {','.join(SYSTEMS)})")
     options = parser.parse_args()
-    backends = [name for name in options.backends.split(",") if name]
 
-    rows = [("no queue: thread pool, jobs/s",
-             summary([bench_pool(options.jobs) for _ in range(options.runs)]))]
-    for backend in backends:
-        drains = [bench_drain(backend, options.jobs) for _ in range(options.runs)]
-        rows.append((f"queuectl {backend}: drain, jobs/s", summary([d[0] for d in drains])))
-        rows.append((f"queuectl {backend}: worker peak RSS, MiB", summary([d[1] for d in drains])))
-        rows.append((f"queuectl {backend}: enqueue one at a time, jobs/s",
-                     summary([bench_enqueue_one(backend, 1000) for _ in range(options.runs)])))
-        rows.append((f"queuectl {backend}: enqueue --file {options.bulk:,}, jobs/s",
-                     summary([bench_enqueue_file(backend, options.bulk)
-                              for _ in range(options.runs)])))
-        rows.append((f"queuectl {backend}: enqueue to command done, p50 ms",
-                     summary([bench_latency(backend) for _ in range(options.runs)])))
-        scaling = bench_read_scaling(backend, 1000, options.large)
-        for key, value in scaling.items():
-            rows.append((f"queuectl {backend}: {key} jobs, ms", f"{value:,.1f}"))
-    starts = [bench_cli_start() for _ in range(options.runs)]
-    rows.append(("one `queuectl enqueue`, ms", summary([s[0] for s in starts])))
-    rows.append(("`python -c 'import sqlalchemy, typer'`, ms", summary([s[1] for s in starts])))
+    results = Results()
+    if "pool" in options.systems:
+        results.add("pool.drain", "no queue: thread pool, jobs/s",
+                    collect("thread pool", options.runs, lambda: bench_pool(options.jobs)))
+    if "queuectl" in options.systems:
+        measure_queuectl(results, options)
+    peers = [name for name in peer_bench.PEERS if name in options.systems]
+    if peers:
+        measure_peers(results, peers, options)
 
-    width = max(len(name) for name, _ in rows)
-    print(f"| {'measure'.ljust(width)} | median (min to max) |")
-    print(f"|{'-' * (width + 2)}|---------------------|")
-    for name, value in rows:
-        print(f"| {name.ljust(width)} | {value} |")
+    if not results.rows:
+        sys.exit("nothing was measured")
+    print(format_table(("measure", "median (min to max)"), results.rows))
+    goals = goal_rows(results, SMALL_QUEUE, options.large)
+    if goals:
+        print()
+        print(format_table(("measure", "goal", "measured", "met"), goals))
 
 
 if __name__ == "__main__":
