@@ -26,14 +26,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
-from queuectl.models import Job, JobState, utcnow
+from queuectl.tables import JobState, jobs_table, utcnow
 
 # Commits between two WAL checkpoints of a worker's SQLite connection.
 CHECKPOINT_INTERVAL = 200
 # SQLite's default wal_autocheckpoint, restored before a connection returns to the pool.
 SQLITE_AUTOCHECKPOINT = 1000
 
-CLAIMABLE = "state IN ('pending', 'failed')"  # the text of models.CLAIMABLE_CONDITION
+CLAIMABLE = "state IN ('pending', 'failed')"  # the text of tables.CLAIMABLE_CONDITION
 CLAIMED_COLUMNS = "seq, priority, id, command, queue, attempts, max_retries, timeout, claim_token"
 NEW_TOKEN = {
     "sqlite": "lower(hex(randomblob(16)))",
@@ -153,7 +153,7 @@ class ClaimConnection:
         self.commits = 0  # SQLite commits since the last checkpoint
         # Datetimes are bound as SQLAlchemy binds them, so that SQLite's text timestamps
         # compare correctly with those the rest of queuectl writes.
-        self.timestamp = Job.__table__.c.run_at.type.bind_processor(engine.dialect)
+        self.timestamp = jobs_table.c.run_at.type.bind_processor(engine.dialect)
 
     def __enter__(self) -> ClaimConnection:
         return self

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from sqlalchemy import Engine, delete, select
+
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from queuectl.db import read_only
 from queuectl.errors import InvalidInput
-from queuectl.models import ConfigEntry, utcnow
+from queuectl.tables import config_table, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -99,40 +99,44 @@ def lookup(key: str) -> Setting:
     return setting
 
 
-def _normalise_legacy_rows(session: Session, rows: list[ConfigEntry]) -> None:
+def _normalise_legacy_rows(conn: Connection) -> None:
     """Rewrite rows stored under a legacy spelling to the canonical key.
 
     The canonical row wins over legacy ones; among legacy rows the latest update wins.
     """
-    canonical = {row.key for row in rows if canonical_key(row.key) == row.key}
-    legacy = [row for row in rows if canonical_key(row.key) != row.key]
-    legacy.sort(key=lambda row: (row.updated_at, row.key))
-    winners: dict[str, ConfigEntry] = {}
-    for row in legacy:
-        if canonical_key(row.key) not in canonical:
-            winners[canonical_key(row.key)] = row
-    for row in legacy:
-        log.info("renaming the legacy config key %r to %r", row.key, canonical_key(row.key))
-        session.execute(delete(ConfigEntry).where(ConfigEntry.key == row.key))
-    for key, row in winners.items():
-        session.add(ConfigEntry(key=key, value=row.value, updated_at=row.updated_at))
+    rows = conn.execute(select(config_table.c.key, config_table.c.value,
+                               config_table.c.updated_at)).all()
+    canonical = {key for key, _, _ in rows if canonical_key(key) == key}
+    legacy = sorted(((updated_at, key, value) for key, value, updated_at in rows
+                     if canonical_key(key) != key))
+    winners: dict[str, tuple] = {}
+    for updated_at, key, value in legacy:
+        if canonical_key(key) not in canonical:
+            winners[canonical_key(key)] = (value, updated_at)
+    for _, key, _ in legacy:
+        log.info("renaming the legacy config key %r to %r", key, canonical_key(key))
+        conn.execute(delete(config_table).where(config_table.c.key == key))
+    for key, (value, updated_at) in winners.items():
+        conn.execute(insert(config_table).values(key=key, value=value, updated_at=updated_at))
+
+
+def _read_stored(engine: Engine) -> dict[str, str]:
+    with read_only(engine).connect() as conn:
+        return dict(conn.execute(select(config_table.c.key, config_table.c.value)).all())
 
 
 def stored_values(engine: Engine) -> dict[str, str]:
     """Return the stored raw values by canonical key, normalising legacy rows on the way."""
-    with Session(read_only(engine)) as session:
-        rows = list(session.scalars(select(ConfigEntry)))
-    if any(canonical_key(row.key) != row.key for row in rows):
+    stored = _read_stored(engine)
+    if any(canonical_key(key) != key for key in stored):
         try:
-            with Session(engine) as session, session.begin():
-                rows = list(session.scalars(select(ConfigEntry)))
-                _normalise_legacy_rows(session, rows)
+            with engine.begin() as conn:
+                _normalise_legacy_rows(conn)
         except IntegrityError:
             # Another process normalised the same legacy row first, and its result is kept.
             log.debug("a concurrent reader normalised the legacy config keys first")
-        with Session(read_only(engine)) as session:
-            rows = list(session.scalars(select(ConfigEntry)))
-    return {row.key: row.value for row in rows}
+        stored = _read_stored(engine)
+    return stored
 
 
 def effective_values(engine: Engine, stored: dict[str, str] | None = None) -> dict[str, Number]:
@@ -165,13 +169,12 @@ def set_value(engine: Engine, key: str, raw: str) -> tuple[str, Number]:
     setting = lookup(key)
     value = setting.parse(raw)
     stored_values(engine)  # normalises legacy rows first, so none can shadow the new value
-    with Session(engine) as session, session.begin():
-        entry = session.get(ConfigEntry, setting.key)
-        if entry is None:
-            session.add(ConfigEntry(key=setting.key, value=str(value), updated_at=utcnow()))
-        else:
-            entry.value = str(value)
-            entry.updated_at = utcnow()
+    row = {"value": str(value), "updated_at": utcnow()}
+    with engine.begin() as conn:
+        updated = conn.execute(
+            update(config_table).where(config_table.c.key == setting.key).values(**row))
+        if updated.rowcount == 0:
+            conn.execute(insert(config_table).values(key=setting.key, **row))
     return setting.key, value
 
 

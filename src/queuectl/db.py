@@ -266,6 +266,11 @@ def current_revision(engine: Engine) -> str | None:
     return row[0] if row else None
 
 
+def id_chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    """Split ids into lists short enough for one IN clause on every backend."""
+    return [ids[start:start + size] for start in range(0, len(ids), size)]
+
+
 def upgrade_schema(engine: Engine) -> None:
     """Run every pending Alembic migration on the engine's database."""
     from queuectl import migrate

@@ -12,9 +12,12 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from queuectl.models import Job, utcnow
+from queuectl.tables import utcnow
+
+if TYPE_CHECKING:
+    from queuectl.models import Job
 
 
 @dataclass
