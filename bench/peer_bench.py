@@ -342,14 +342,22 @@ def warm_up(peer: Peer, group: WorkerGroup, folder: Path) -> list[int]:
         before = peer.completed()
         for _ in range(WORKERS):
             peer.enqueue(f'touch "{folder}/$PPID"; sleep 0.2')
-        while peer.completed() - before < WORKERS:
-            group.check_running()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{peer.name}: {len(pids)} of {WORKERS} workers ran a "
-                                   f"warm-up job within {WORKER_START_TIMEOUT:.0f} s")
-            time.sleep(0.05)
+        wait_completed(peer, group, before + WORKERS, deadline,
+                       f"{len(pids)} of {WORKERS} workers ran a warm-up job within "
+                       f"{WORKER_START_TIMEOUT:.0f} s")
         pids = {int(path.name) for path in folder.iterdir()}
     return sorted(pids)
+
+
+def wait_completed(peer: Peer, group: WorkerGroup, count: int, deadline: float,
+                   failure: str) -> None:
+    """Wait until the peer has completed `count` jobs in all; raise TimeoutError with the
+    failure text once time.monotonic() passes the deadline."""
+    while peer.completed() < count:
+        group.check_running()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{peer.name}: {failure}")
+        time.sleep(0.01)
 
 
 def bench_drain(peer: Peer, jobs: int) -> tuple[float, float]:
@@ -363,13 +371,8 @@ def bench_drain(peer: Peer, jobs: int) -> tuple[float, float]:
         before = peer.completed()
         start = time.perf_counter()
         peer.enqueue_many(["true"] * jobs)
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while peer.completed() - before < jobs:
-            group.check_running()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{peer.name}: {jobs} jobs not drained within "
-                                   f"{DRAIN_TIMEOUT:.0f} s")
-            time.sleep(0.01)
+        wait_completed(peer, group, before + jobs, time.monotonic() + DRAIN_TIMEOUT,
+                       f"{jobs} jobs not drained within {DRAIN_TIMEOUT:.0f} s")
         elapsed = time.perf_counter() - start
         return jobs / elapsed, peak_rss_mib(pids)
 

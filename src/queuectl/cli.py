@@ -621,20 +621,20 @@ def worker_stop(
 
 def _log_to_file(path: Path) -> None:
     """Send the workers' log lines to the log file too, at INFO or the chosen verbosity."""
+    from queuectl.supervisor import LOG_FORMAT
+
     level = logging.DEBUG if State.verbosity >= 2 else logging.INFO
     root_logger = logging.getLogger()
     root_logger.setLevel(min(level, root_logger.level or level))
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(processName)s: %(message)s")
+    formatter = logging.Formatter(LOG_FORMAT)
     for handler in root_logger.handlers:
         handler.setFormatter(formatter)
         handler.setLevel(level if State.verbosity >= 0 else logging.ERROR)
-    if os.environ.get("QUEUECTL_DETACHED") != "1":
-        # In the background, stderr is the log file already.
-        handler = logging.FileHandler(path, encoding="utf-8")
-        os.chmod(path, 0o600)
-        handler.setFormatter(formatter)
-        handler.setLevel(level)
-        root_logger.addHandler(handler)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    os.chmod(path, 0o600)
+    handler.setFormatter(formatter)
+    handler.setLevel(level)
+    root_logger.addHandler(handler)
 
 
 # Watching ---------------------------------------------------------------------------------

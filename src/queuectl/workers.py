@@ -11,15 +11,16 @@ import time
 from collections import deque
 from datetime import timedelta
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, Row, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
-from queuectl import config, jobs
+# A worker process imports no part of the ORM: these modules use Core only, which keeps
+# the memory of every worker process smaller.
+from queuectl import attempts, config
+from queuectl.claims import Claim, ClaimConnection, Outcome, Success
 from queuectl.db import database_url, display_url, get_engine, read_only
 from queuectl.execution import OutputTail, Result, run_command
-from queuectl.claims import Claim, ClaimConnection, Outcome, Success
-from queuectl.models import Job, JobState, WorkerRecord, utcnow
+from queuectl.tables import JobState, jobs_table, utcnow, workers_table
 from queuectl.wake import WakeListener, wake_dir
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,9 @@ def register(engine: Engine, worker_id: str, name: str, queues: list[str] | None
              supervisor_pid: int) -> None:
     """Insert or refresh this worker's row in the workers table."""
     now = utcnow()
-    with Session(engine) as session, session.begin():
-        session.execute(delete(WorkerRecord).where(WorkerRecord.id == worker_id))
-        session.add(WorkerRecord(
+    with engine.begin() as conn:
+        conn.execute(delete(workers_table).where(workers_table.c.id == worker_id))
+        conn.execute(insert(workers_table).values(
             id=worker_id, hostname=hostname(), pid=os.getpid(), supervisor_pid=supervisor_pid,
             name=name, queues=",".join(queues) if queues else "*", started_at=now,
             heartbeat_at=now, current_job=None, stop_requested=False,
@@ -70,7 +71,7 @@ def register(engine: Engine, worker_id: str, name: str, queues: list[str] | None
 def unregister(engine: Engine, worker_id: str) -> None:
     """Delete a worker's row."""
     with engine.begin() as conn:
-        conn.execute(delete(WorkerRecord.__table__).where(WorkerRecord.id == worker_id))
+        conn.execute(delete(workers_table).where(workers_table.c.id == worker_id))
 
 
 def remove_stale_workers(engine: Engine, lease_seconds: float) -> int:
@@ -78,7 +79,7 @@ def remove_stale_workers(engine: Engine, lease_seconds: float) -> int:
     cutoff = utcnow() - timedelta(seconds=2 * lease_seconds)
     with engine.begin() as conn:
         result = conn.execute(
-            delete(WorkerRecord.__table__).where(WorkerRecord.heartbeat_at < cutoff)
+            delete(workers_table).where(workers_table.c.heartbeat_at < cutoff)
         )
     return result.rowcount
 
@@ -86,11 +87,11 @@ def remove_stale_workers(engine: Engine, lease_seconds: float) -> int:
 def request_stop_all(engine: Engine) -> int:
     """Ask every registered worker, on every host, to stop gracefully; return how many."""
     with engine.begin() as conn:
-        result = conn.execute(update(WorkerRecord.__table__).values(stop_requested=True))
+        result = conn.execute(update(workers_table).values(stop_requested=True))
     return result.rowcount
 
 
-def list_workers(engine: Engine) -> list[tuple[WorkerRecord, str | None]]:
+def list_workers(engine: Engine) -> list[tuple[Row, str | None]]:
     """Return the workers that are alive, each with the id of the job it is running.
 
     A worker counts as alive while its heartbeat is younger than one lease and, on this
@@ -99,11 +100,12 @@ def list_workers(engine: Engine) -> list[tuple[WorkerRecord, str | None]]:
     lease = float(config.get_value(engine, "lease_seconds"))
     cutoff = utcnow() - timedelta(seconds=lease)
     this_host = hostname()
-    with Session(read_only(engine), expire_on_commit=False) as session:
-        records = list(session.scalars(select(WorkerRecord).order_by(
-            WorkerRecord.hostname, WorkerRecord.started_at, WorkerRecord.name)))
-        running = dict(session.execute(
-            select(Job.worker_id, Job.id).where(Job.state == JobState.PROCESSING.value)
+    with read_only(engine).connect() as conn:
+        records = conn.execute(select(workers_table).order_by(
+            workers_table.c.hostname, workers_table.c.started_at, workers_table.c.name)).all()
+        running = dict(conn.execute(
+            select(jobs_table.c.worker_id, jobs_table.c.id)
+            .where(jobs_table.c.state == JobState.PROCESSING.value)
         ).all())
     alive = []
     for record in records:
@@ -243,7 +245,7 @@ class Worker:
                 self._process(claim)
                 continue
             if self.burst and not self._with_reconnect(
-                    lambda: jobs.has_unfinished_jobs(self.engine, self.queues)):
+                    lambda: attempts.has_unfinished_jobs(self.engine, self.queues)):
                 self.log.info("%s found no unfinished job; exiting", self.name)
                 return
             # A worker woken from idle claims one job at a time until it has run one, so
@@ -349,14 +351,14 @@ class Worker:
             return
         if result.interrupted:
             released = self._with_reconnect(
-                lambda: jobs.release(self.engine, claim, "interrupted by a forced stop"),
+                lambda: attempts.release(self.engine, claim, "interrupted by a forced stop"),
                 give_up=None)
             if released:
                 self.log.warning("job %s interrupted by a forced stop and returned to the "
                                  "queue (attempt not counted)", claim.id, extra=extra)
             return
         outcome = self._with_reconnect(
-            lambda: jobs.fail(self.engine, claim, result.error, result.exit_code,
+            lambda: attempts.fail(self.engine, claim, result.error, result.exit_code,
                               result.output),
             give_up=None)
         self._log_outcome(claim, result, outcome)
@@ -366,7 +368,7 @@ class Worker:
         while self.ahead:
             claim = self.ahead.popleft()
             try:
-                jobs.release(self.engine, claim, None)
+                attempts.release(self.engine, claim, None)
             except DBAPIError as exc:
                 self.log.warning("could not return job %s to the queue (%s); it is recovered "
                                  "when its lease expires", claim.id, _first_line(exc),
@@ -449,7 +451,7 @@ class Worker:
         if time.monotonic() - self.recovered_at < lease / 2:
             return
         self.recovered_at = time.monotonic()
-        recovered = self._with_reconnect(lambda: jobs.recover_expired(self.engine)) or []
+        recovered = self._with_reconnect(lambda: attempts.recover_expired(self.engine)) or []
         for claim, outcome in recovered:
             self.log.warning("job %s recovered from a lost worker (attempt %s/%s): now %s",
                              claim.id, claim.attempts, claim.max_retries, outcome.state.value,
@@ -459,7 +461,7 @@ class Worker:
     def _idle_timeout(self) -> float:
         """Return how long to sleep: the poll interval, or less when a job is due sooner."""
         poll = float(self.settings["poll_interval"])
-        due = self._with_reconnect(lambda: jobs.next_run_at(self.engine, self.queues))
+        due = self._with_reconnect(lambda: attempts.next_run_at(self.engine, self.queues))
         if due is None:
             return poll
         return min(poll, max((due - utcnow()).total_seconds(), 0.0))
@@ -529,7 +531,7 @@ class Worker:
     def _beat(self, lease: float) -> None:
         with self.claim_lock:
             claim, tail = self.claim, self.tail
-            renewed = claim is None or jobs.renew_lease(self.engine, claim, lease)
+            renewed = claim is None or attempts.renew_lease(self.engine, claim, lease)
             if not renewed:
                 self.log.warning("job %s is no longer held by %s (cancelled, or its lease "
                                  "expired); stopping it", claim.id, self.name,
@@ -537,12 +539,12 @@ class Worker:
                 self.lost_token = claim.token
         if renewed and claim is not None and tail is not None and tail.total != self.tail_stored:
             self.tail_stored = tail.total
-            jobs.store_partial_output(self.engine, claim, tail.text())
+            attempts.store_partial_output(self.engine, claim, tail.text())
         with self.engine.begin() as conn:
             row = conn.execute(
-                update(WorkerRecord.__table__).where(WorkerRecord.id == self.id)
+                update(workers_table).where(workers_table.c.id == self.id)
                 .values(heartbeat_at=utcnow(), current_job=claim.id if claim else None)
-                .returning(WorkerRecord.stop_requested)
+                .returning(workers_table.c.stop_requested)
             ).first()
         if row is None:
             register(self.engine, self.id, self.name, self.queues, self.supervisor_pid)
