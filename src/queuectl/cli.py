@@ -178,11 +178,14 @@ def _job_from_arguments(arguments: list[str], options: dict):
 
 
 def _enqueue_with_progress(engine, specs: list) -> list:
+    from rich.console import Console
     from rich.progress import Progress
 
     from queuectl import enqueueing
 
-    with Progress(transient=True) as progress:
+    # The bar goes to stderr, the terminal that asked for it, so stdout keeps only the ids.
+    console = Console(stderr=True, no_color=True if State.style.color == "never" else None)
+    with Progress(console=console, transient=True) as progress:
         task = progress.add_task("enqueueing", total=len(specs))
         return enqueueing.enqueue_many(
             engine, specs, on_progress=lambda done: progress.update(task, completed=done))

@@ -313,6 +313,40 @@ def test_enqueue_file_rejects_id_option(run, engine):
     assert job_ids(engine) == set()
 
 
+@sqlite_only
+def test_enqueue_file_draws_progress_on_terminal_stderr(queue_env, engine, tmp_path):
+    # Given stderr on a terminal and stdout on a pipe
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(f'{{"id":"bulk-{number}","command":"true"}}\n'
+                            for number in range(50)))
+    main_fd, terminal_fd = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "queuectl", "enqueue", "--file", str(path)],
+        stdout=subprocess.PIPE, stderr=terminal_fd, stdin=subprocess.DEVNULL,
+        env=terminal_env(queue_env))
+    os.close(terminal_fd)
+
+    # When the file is enqueued
+    terminal = b""
+    while select.select([main_fd], [], [], 60)[0]:
+        try:
+            data = os.read(main_fd, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not data:
+            break
+        terminal += data
+    os.close(main_fd)
+    stdout = process.stdout.read().decode()
+    process.stdout.close()
+
+    # Then the terminal shows the progress bar and stdout carries the ids alone
+    assert process.wait(timeout=60) == 0
+    assert b"enqueueing" in terminal
+    assert stdout == "".join(f"bulk-{number}\n" for number in range(50))
+    assert jobs.count_by_state(engine)["pending"] == 50
+
+
 def test_enqueue_file_of_ten_thousand_jobs(cli, engine, tmp_path):
     path = tmp_path / "many.jsonl"
     path.write_text("".join(json.dumps({"id": f"bulk-{number}", "command": "true"}) + "\n"
