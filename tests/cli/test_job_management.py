@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import update
 
 from queuectl import cli as queuectl_cli
-from queuectl import __version__, config, jobs
+from queuectl import __version__, config, enqueueing, jobs
 from queuectl.models import Job, JobState, utcnow
 from queuectl.spec import MAX_PRIORITY, validate_payload
 from tests.integration.conftest import only_on
@@ -311,6 +311,24 @@ def test_enqueue_file_rejects_id_option(run, engine):
     assert result.returncode == 2
     assert "--id" in result.stderr
     assert job_ids(engine) == set()
+
+
+def test_enqueue_file_taken_id_in_later_chunk(run, engine, monkeypatch):
+    # Given a taken id on the fifth line, and chunks of two jobs, so that two chunks are
+    # inserted before the taken id is
+    monkeypatch.setattr(enqueueing, "INSERT_CHUNK", 2)
+    add_job(engine, "taken")
+    before = table_contents(engine)
+    lines = [f'{{"id":"new-{number}","command":"true"}}' for number in range(4)]
+    lines.insert(4, '{"id":"taken","command":"true"}')
+
+    result = run("enqueue", "--file", "-", input="\n".join(lines) + "\n")
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == ("error: job 'taken' already exists; choose another id or omit it "
+                             "to have one generated\n")
+    assert table_contents(engine) == before
 
 
 @sqlite_only
