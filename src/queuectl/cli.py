@@ -158,10 +158,10 @@ def enqueue(
         raise InvalidInput("give a JSON job, a command, or --file with one JSON job per line")
     engine = _engine()
     if len(specs) > 1 and sys.stderr.isatty():
-        created = _enqueue_with_progress(engine, specs)
+        ids = _enqueue_with_progress(engine, specs)
     else:
-        created = enqueueing.enqueue_many(engine, specs)
-    sys.stdout.write("".join(f"{job.id}\n" for job in created))
+        ids = enqueueing.enqueue_many_ids(engine, specs)
+    sys.stdout.write("\n".join(ids) + "\n")
 
 
 def _job_from_arguments(arguments: list[str], options: dict):
@@ -177,14 +177,17 @@ def _job_from_arguments(arguments: list[str], options: dict):
     return spec.validate_payload({**options, "command": command})
 
 
-def _enqueue_with_progress(engine, specs: list) -> list:
+def _enqueue_with_progress(engine, specs: list) -> list[str]:
+    from rich.console import Console
     from rich.progress import Progress
 
     from queuectl import enqueueing
 
-    with Progress(transient=True) as progress:
+    # The bar goes to stderr, the terminal that asked for it, so stdout keeps only the ids.
+    console = Console(stderr=True, no_color=True if State.style.color == "never" else None)
+    with Progress(console=console, transient=True) as progress:
         task = progress.add_task("enqueueing", total=len(specs))
-        return enqueueing.enqueue_many(
+        return enqueueing.enqueue_many_ids(
             engine, specs, on_progress=lambda done: progress.update(task, completed=done))
 
 

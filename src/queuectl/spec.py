@@ -13,6 +13,7 @@ from typing import Any
 from queuectl.errors import InvalidInput
 
 FIELDS = ("id", "command", "max_retries", "priority", "queue", "run_at", "delay", "timeout")
+_FIELD_SET = frozenset(FIELDS)
 
 MAX_ID_LENGTH = 255
 MAX_COMMAND_BYTES = 1_048_576
@@ -50,6 +51,11 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# One decoder for every payload: json.loads with hooks would build a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicate_keys,
+                            parse_constant=_reject_constant)
+
+
 def parse_payload(raw: str, defaults: dict[str, Any] | None = None) -> JobSpec:
     """Parse and validate one JSON job object, or raise InvalidInput naming the problem.
 
@@ -64,11 +70,10 @@ def parse_payload(raw: str, defaults: dict[str, Any] | None = None) -> JobSpec:
 def decode_payload(raw: str) -> Any:
     """Decode JSON text, rejecting NaN, Infinity and repeated keys."""
     try:
-        data = json.loads(
-            raw,
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-        )
+        if raw.startswith("\ufeff"):
+            # The check that json.loads makes before decoding, with its message.
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", raw, 0)
+        data = _DECODER.decode(raw)
     except json.JSONDecodeError as exc:
         raise InvalidInput(
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
@@ -89,35 +94,35 @@ def decode_payload(raw: str) -> Any:
 
 
 def validate_payload(data: Any, now: datetime | None = None) -> JobSpec:
-    """Validate a decoded job object and return the spec it describes."""
+    """Validate a decoded job object and return the spec it describes.
+
+    The fields are checked in a fixed order, so the first invalid one is the one reported.
+    """
     if not isinstance(data, dict):
         raise InvalidInput(
             f"invalid job: expected a JSON object such as {EXAMPLE}, got {_json_type(data)}"
         )
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
+    if not _FIELD_SET.issuperset(data):
+        unknown = sorted(set(data) - _FIELD_SET)
         raise InvalidInput(
             f"invalid job: unknown field {unknown[0]!r}; valid fields: {', '.join(FIELDS)}"
         )
-    spec = JobSpec(command=_command(data))
-    if "id" in data:
-        spec.id = _job_id(data["id"])
-    if "max_retries" in data:
-        spec.max_retries = _integer(data, "max_retries", 1, MAX_RETRIES)
-    if "priority" in data:
-        spec.priority = _integer(data, "priority", -MAX_PRIORITY, MAX_PRIORITY)
-    if "queue" in data:
-        spec.queue = _queue_name(data["queue"])
-    if "timeout" in data:
-        spec.timeout = _seconds(data, "timeout", minimum_exclusive=True)
+    command = _command(data)
+    job_id = _job_id(data["id"]) if "id" in data else None
+    max_retries = _integer(data, "max_retries", 1, MAX_RETRIES) if "max_retries" in data else None
+    priority = _integer(data, "priority", -MAX_PRIORITY, MAX_PRIORITY) if "priority" in data else 0
+    queue = _queue_name(data["queue"]) if "queue" in data else "default"
+    timeout = _seconds(data, "timeout", minimum_exclusive=True) if "timeout" in data else None
+    run_at = None
     if "run_at" in data and "delay" in data:
         raise InvalidInput("invalid job: give either run_at or delay, not both")
     if "run_at" in data:
-        spec.run_at = parse_time(data["run_at"], "run_at")
+        run_at = parse_time(data["run_at"], "run_at")
     if "delay" in data:
         delay = _seconds(data, "delay", minimum_exclusive=False)
-        spec.run_at = (now or datetime.now(timezone.utc)) + timedelta(seconds=delay)
-    return spec
+        run_at = (now or datetime.now(timezone.utc)) + timedelta(seconds=delay)
+    return JobSpec(command=command, id=job_id, max_retries=max_retries, priority=priority,
+                   queue=queue, run_at=run_at, timeout=timeout)
 
 
 def _json_type(value: Any) -> str:
@@ -139,7 +144,8 @@ def _command(data: dict[str, Any]) -> str:
     if "\x00" in command:
         raise InvalidInput("invalid job: 'command' contains a NUL character, which sh cannot run")
     try:
-        size = len(command.encode("utf-8"))
+        # ASCII text takes one byte a character, and contains no surrogate.
+        size = len(command) if command.isascii() else len(command.encode("utf-8"))
     except UnicodeEncodeError:
         # A lone surrogate, from a \ud800 escape or an invalid UTF-8 byte in argv, which
         # neither database can store.
@@ -162,7 +168,8 @@ def _job_id(value: Any) -> str:
         raise InvalidInput("invalid job: 'id' is empty; give an id or omit it")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput(f"invalid job: 'id' is longer than {MAX_ID_LENGTH} characters")
-    if value.startswith("-") or any(ch.isspace() or not ch.isprintable() for ch in value):
+    # Every whitespace character but the space is also unprintable (a test checks it).
+    if value.startswith("-") or " " in value or not value.isprintable():
         raise InvalidInput(
             f"invalid job id {value!r}: use printable characters without spaces, "
             "not starting with '-'"
@@ -186,6 +193,8 @@ def _queue_name(value: Any) -> str:
 
 def _integer(data: dict[str, Any], name: str, minimum: int, maximum: int) -> int:
     value = data[name]
+    if type(value) is int and minimum <= value <= maximum:  # the common case, checked first
+        return value
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):

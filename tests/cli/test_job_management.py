@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import update
 
 from queuectl import cli as queuectl_cli
-from queuectl import __version__, config, jobs
+from queuectl import __version__, config, enqueueing, jobs
 from queuectl.models import Job, JobState, utcnow
 from queuectl.spec import MAX_PRIORITY, validate_payload
 from tests.integration.conftest import only_on
@@ -311,6 +311,58 @@ def test_enqueue_file_rejects_id_option(run, engine):
     assert result.returncode == 2
     assert "--id" in result.stderr
     assert job_ids(engine) == set()
+
+
+def test_enqueue_file_taken_id_in_later_chunk(run, engine, monkeypatch):
+    # Given a taken id on the fifth line, and chunks of two jobs, so that two chunks are
+    # inserted before the taken id is
+    monkeypatch.setattr(enqueueing, "INSERT_CHUNK", 2)
+    add_job(engine, "taken")
+    before = table_contents(engine)
+    lines = [f'{{"id":"new-{number}","command":"true"}}' for number in range(4)]
+    lines.insert(4, '{"id":"taken","command":"true"}')
+
+    result = run("enqueue", "--file", "-", input="\n".join(lines) + "\n")
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == ("error: job 'taken' already exists; choose another id or omit it "
+                             "to have one generated\n")
+    assert table_contents(engine) == before
+
+
+@sqlite_only
+def test_enqueue_file_draws_progress_on_terminal_stderr(queue_env, engine, tmp_path):
+    # Given stderr on a terminal and stdout on a pipe
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(f'{{"id":"bulk-{number}","command":"true"}}\n'
+                            for number in range(50)))
+    main_fd, terminal_fd = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "queuectl", "enqueue", "--file", str(path)],
+        stdout=subprocess.PIPE, stderr=terminal_fd, stdin=subprocess.DEVNULL,
+        env=terminal_env(queue_env))
+    os.close(terminal_fd)
+
+    # When the file is enqueued
+    terminal = b""
+    while select.select([main_fd], [], [], 60)[0]:
+        try:
+            data = os.read(main_fd, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not data:
+            break
+        terminal += data
+    os.close(main_fd)
+    stdout = process.stdout.read().decode()
+    process.stdout.close()
+
+    # Then the terminal shows the progress bar and stdout carries the ids alone
+    assert process.wait(timeout=60) == 0
+    assert b"enqueueing" in terminal
+    assert stdout == "".join(f"bulk-{number}\n" for number in range(50))
+    assert jobs.count_by_state(engine)["pending"] == 50
 
 
 def test_enqueue_file_of_ten_thousand_jobs(cli, engine, tmp_path):

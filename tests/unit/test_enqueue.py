@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple, fields
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from queuectl import config, jobs
+from queuectl import config, enqueueing, jobs
 from queuectl.errors import DuplicateJob, JobNotFound
 from queuectl.models import JobState, utcnow
 from queuectl.spec import validate_payload
@@ -133,3 +134,106 @@ def test_enqueue_many_rejects_repeated_id(engine) -> None:
 
     with pytest.raises(JobNotFound):
         jobs.get_job(engine, "two")
+
+
+# Bulk inserts: executemany() on SQLite, COPY on PostgreSQL ---------------------------------
+
+def test_new_job_fields_follow_insert_columns() -> None:
+    assert tuple(field.name for field in fields(enqueueing.NewJob)) == enqueueing.INSERT_COLUMNS
+
+
+def test_enqueue_many_returns_what_is_stored(engine) -> None:
+    config.set_value(engine, "max_retries", "4")
+    specs = [
+        validate_payload({"command": "true"}),
+        validate_payload({"command": "make", "id": "all-fields", "max_retries": 9,
+                          "priority": -5, "queue": "reports", "timeout": 2.5,
+                          "run_at": "2030-01-15T14:00:00.123456+02:00"}),
+        validate_payload({"command": "sleep 1", "delay": 90}),
+    ]
+
+    created = jobs.enqueue_many(engine, specs)
+
+    for new_job in created:
+        stored = jobs.get_job(engine, new_job.id)
+        assert astuple(new_job) == tuple(getattr(stored, name)
+                                         for name in enqueueing.INSERT_COLUMNS)
+    assert created[0].max_retries == 4
+    assert created[0].run_at == created[0].created_at == created[0].updated_at
+    assert created[1].run_at == datetime(2030, 1, 15, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    # The delay counts from validation, which comes just before the insert.
+    assert timedelta(seconds=89) < created[2].run_at - created[2].created_at
+    assert created[2].run_at - created[2].created_at <= timedelta(seconds=90)
+
+
+def test_enqueue_many_ids_keeps_order(engine) -> None:
+    specs = [validate_payload({"command": f"echo {n}", **({"id": f"given-{n}"} if n % 2 else {})})
+             for n in range(6)]
+
+    ids = enqueueing.enqueue_many_ids(engine, specs)
+
+    listed = jobs.list_jobs(engine, limit=None)
+    assert [job.id for job in reversed(listed)] == ids
+    assert [job.command for job in reversed(listed)] == [f"echo {n}" for n in range(6)]
+    assert ids[1::2] == ["given-1", "given-3", "given-5"]
+    assert all(len(job_id) == 12 for job_id in ids[0::2])
+
+
+@pytest.mark.parametrize("command", [
+    "printf 'a\\tb\\n' | tr a b",
+    "first line\nsecond line\r\nthird",
+    "tab\there",
+    "\\N",
+    "back\\slash \\\\ twice",
+    "échec ✓ 雪 \U0001f680",
+    "\x01\x1b[31mred\x7f",
+], ids=["escapes", "line-breaks", "tab", "null-marker", "backslashes", "unicode", "controls"])
+def test_bulk_insert_stores_command_unchanged(engine, command: str) -> None:
+    specs = [validate_payload({"command": command, "id": f"job-{n}"}) for n in range(3)]
+
+    enqueueing.enqueue_many_ids(engine, specs)
+
+    for n in range(3):
+        assert jobs.get_job(engine, f"job-{n}").command == command
+
+
+def test_bulk_insert_reports_progress_per_chunk(engine, monkeypatch) -> None:
+    monkeypatch.setattr(enqueueing, "INSERT_CHUNK", 2)
+    reported: list[int] = []
+
+    enqueueing.enqueue_many_ids(engine, [validate_payload({"command": "true"})] * 5,
+                                on_progress=reported.append)
+
+    assert reported == [2, 4, 5]
+    assert jobs.count_by_state(engine)["pending"] == 5
+
+
+def test_taken_id_in_later_chunk_inserts_nothing(engine, monkeypatch) -> None:
+    # Given a taken id that comes after two chunks of the batch have been sent
+    monkeypatch.setattr(enqueueing, "INSERT_CHUNK", 2)
+    enqueue(engine, id="taken")
+    before = table_contents(engine)
+    specs = [validate_payload({"command": "true", "id": f"new-{n}"}) for n in range(5)]
+    specs.insert(4, validate_payload({"command": "true", "id": "taken"}))
+
+    # When the batch is enqueued
+    with pytest.raises(DuplicateJob) as raised:
+        enqueueing.enqueue_many_ids(engine, specs)
+
+    # Then the error names the taken id, and no job of the batch is stored
+    assert raised.value.job_id == "taken"
+    assert table_contents(engine) == before
+
+
+def test_taken_generated_id_inserts_nothing(engine, monkeypatch) -> None:
+    # Given a job whose id the id generator will produce again
+    enqueue(engine, id="0123456789ab")
+    before = table_contents(engine)
+    monkeypatch.setattr(enqueueing, "_new_job_ids",
+                        lambda count: ["0123456789ab", *(f"fresh-{n}" for n in range(count - 1))])
+
+    with pytest.raises(DuplicateJob) as raised:
+        enqueueing.enqueue_many_ids(engine, [validate_payload({"command": "true"})] * 3)
+
+    assert raised.value.job_id == "0123456789ab"
+    assert table_contents(engine) == before

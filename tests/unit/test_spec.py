@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -23,6 +24,7 @@ REJECTED = [
     pytest.param('{"command": "true"', "invalid JSON", id="unterminated-object"),
     pytest.param("{command: 'true'}", "invalid JSON", id="unquoted-key"),
     pytest.param("", "invalid JSON", id="empty-text"),
+    pytest.param('\ufeff{"command": "true"}', "Unexpected UTF-8 BOM", id="byte-order-mark"),
     pytest.param('{"command": "true", "timeout": NaN}', "finite number", id="nan-literal"),
     pytest.param('{"command": "true", "delay": Infinity}', "finite number", id="infinity-literal"),
     pytest.param('{"command": "a", "command": "b"}', "appears twice", id="repeated-field"),
@@ -46,6 +48,8 @@ REJECTED = [
     pytest.param('{"command": "echo \\ud800"}', "lone surrogate", id="surrogate-in-command"),
     pytest.param(json.dumps({"command": "x" * (MAX_COMMAND_BYTES + 1)}), "longer than",
                  id="command-too-long"),
+    pytest.param(json.dumps({"command": "é" * (MAX_COMMAND_BYTES // 2 + 1)}), "longer than",
+                 id="command-too-long-in-utf-8-bytes"),
     # id
     pytest.param(job(id=""), "'id' is empty", id="empty-id"),
     pytest.param(job(id=7), "'id' must be a string", id="number-id"),
@@ -53,6 +57,8 @@ REJECTED = [
     pytest.param(job(id="a\tb"), "invalid job id", id="id-with-tab"),
     pytest.param(job(id="-job"), "invalid job id", id="id-starting-with-dash"),
     pytest.param(job(id="job\u0007"), "invalid job id", id="id-with-control-character"),
+    pytest.param(job(id="a\u00a0b"), "invalid job id", id="id-with-no-break-space"),
+    pytest.param(job(id="a\u2028b"), "invalid job id", id="id-with-line-separator"),
     pytest.param(job(id="j" * 256), "longer than 255", id="id-too-long"),
     # queue
     pytest.param(job(queue=""), "invalid queue name", id="empty-queue"),
@@ -120,6 +126,14 @@ def test_nan_seconds_are_rejected(field: str) -> None:
         validate_payload({"command": "true", field: math.nan})
 
     assert "out of range" in raised.value.message
+
+
+def test_whitespace_other_than_space_is_unprintable() -> None:
+    # The id check relies on this property of Python's str methods.
+    printable_whitespace = [hex(code) for code in range(sys.maxunicode + 1)
+                            if chr(code).isspace() and chr(code).isprintable()]
+
+    assert printable_whitespace == [hex(ord(" "))]
 
 
 def test_rejection_message_is_one_line() -> None:
