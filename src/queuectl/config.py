@@ -120,14 +120,19 @@ def _normalise_legacy_rows(conn: Connection) -> None:
         conn.execute(insert(config_table).values(key=key, value=value, updated_at=updated_at))
 
 
-def _read_stored(engine: Engine) -> dict[str, str]:
+def _read_stored(engine: Engine, conn: Connection | None = None) -> dict[str, str]:
+    if conn is not None:
+        return dict(conn.execute(select(config_table.c.key, config_table.c.value)).all())
     with read_only(engine).connect() as conn:
         return dict(conn.execute(select(config_table.c.key, config_table.c.value)).all())
 
 
-def stored_values(engine: Engine) -> dict[str, str]:
-    """Return the stored raw values by canonical key, normalising legacy rows on the way."""
-    stored = _read_stored(engine)
+def stored_values(engine: Engine, conn: Connection | None = None) -> dict[str, str]:
+    """Return the stored raw values by canonical key, normalising legacy rows on the way.
+
+    conn, when given, is the connection to read them on, saving a checkout of another.
+    """
+    stored = _read_stored(engine, conn)
     if any(canonical_key(key) != key for key in stored):
         try:
             with engine.begin() as conn:
@@ -158,10 +163,10 @@ def effective_values(engine: Engine, stored: dict[str, str] | None = None) -> di
     return values
 
 
-def get_value(engine: Engine, key: str) -> Number:
-    """Return one setting's value by a key in any spelling."""
+def get_value(engine: Engine, key: str, conn: Connection | None = None) -> Number:
+    """Return one setting's value by a key in any spelling, read on conn when given."""
     setting = lookup(key)
-    return effective_values(engine)[setting.key]
+    return effective_values(engine, stored_values(engine, conn))[setting.key]
 
 
 def set_value(engine: Engine, key: str, raw: str) -> tuple[str, Number]:

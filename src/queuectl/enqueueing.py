@@ -33,6 +33,14 @@ INSERT_COLUMNS = ("id", "command", "state", "queue", "priority", "max_retries", 
 # Rows per executemany() call, or per progress report during a COPY.
 INSERT_CHUNK = 5000
 
+# Up to this many jobs are inserted by one statement that also reads the max_retries
+# setting on the same connection: on PostgreSQL one round trip in autocommit mode, which
+# also sends the NOTIFY, where a transaction and a COPY took six.
+SMALL_BATCH = 100
+
+# The PostgreSQL channel that idle workers LISTEN on for new jobs.
+NOTIFY_CHANNEL = "queuectl_jobs"
+
 # Random bytes in a generated job id, written as twice as many hex digits.
 JOB_ID_BYTES = 6
 
@@ -98,15 +106,23 @@ def _insert_jobs(engine: Engine, specs: list[JobSpec],
                  on_progress: Callable[[int], None] | None) -> tuple[list[str], int, datetime]:
     """Insert the jobs and return their ids, the max_retries default applied, and the time."""
     now = utcnow()
-    default_retries = int(config.get_value(engine, "max_retries"))
     ids = [spec.id or None for spec in specs]
     missing = ids.count(None)
     if missing:
         fresh = iter(_new_job_ids(missing))
         ids = [job_id or next(fresh) for job_id in ids]
     _reject_repeated_ids(ids)
-    rows = _job_rows(specs, ids, default_retries, now, _time_binder(engine.dialect))
+    bind_time = _time_binder(engine.dialect)
     try:
+        if len(specs) <= SMALL_BATCH:
+            default_retries = _insert_small_batch(engine, specs, ids, now, bind_time)
+            if on_progress is not None:
+                on_progress(len(specs))
+            return ids, default_retries, now
+        # A large batch reads the setting and builds its rows before it begins the
+        # transaction, so that it holds SQLite's write lock for the insert only.
+        default_retries = int(config.get_value(engine, "max_retries"))
+        rows = _job_rows(specs, ids, default_retries, now, bind_time)
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 _copy_rows(conn, rows, on_progress)
@@ -117,6 +133,29 @@ def _insert_jobs(engine: Engine, specs: list[JobSpec],
         existing = _existing_ids(engine, ids)
         raise DuplicateJob(existing[0] if existing else ids[0]) from None
     return ids, default_retries, now
+
+
+def _insert_small_batch(engine: Engine, specs: list[JobSpec], ids: list[str], now: datetime,
+                        bind_time: Callable[[datetime], object]) -> int:
+    """Insert a few jobs on one connection; return the max_retries default applied."""
+    if engine.dialect.name != "postgresql":
+        with engine.begin() as conn:
+            default_retries = int(config.get_value(engine, "max_retries", conn))
+            rows = _job_rows(specs, ids, default_retries, now, bind_time)
+            _execute_many(conn, rows, None)
+            notify_new_jobs(conn)
+        return default_retries
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        default_retries = int(config.get_value(engine, "max_retries", conn))
+        rows = _job_rows(specs, ids, default_retries, now, bind_time)
+        values = ", ".join(["(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"] * len(rows))
+        conn.exec_driver_sql(
+            f"WITH inserted AS (INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
+            f"VALUES {values} RETURNING 1) "
+            f"SELECT pg_notify('{NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT FROM inserted)",
+            tuple(value for row in rows for value in row),
+        )
+    return default_retries
 
 
 def _reject_repeated_ids(ids: list[str]) -> None:
@@ -206,7 +245,7 @@ def notify_new_jobs(conn: Connection) -> None:
     A SQLite worker woken before the commit waits for the write lock, then finds the job.
     """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("NOTIFY queuectl_jobs")
+        conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
     else:
         from queuectl import wake
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from queuectl import attempts, config
 from queuectl.claims import Claim, ClaimConnection, Outcome, Success
 from queuectl.db import database_url, display_url, get_engine, read_only
+from queuectl.enqueueing import NOTIFY_CHANNEL
 from queuectl.execution import OutputTail, Result, run_command
 from queuectl.tables import JobState, jobs_table, utcnow, workers_table
 from queuectl.wake import WakeListener, wake_dir
@@ -490,7 +491,7 @@ class Worker:
             url = self.engine.url.set(drivername="postgresql")
             self.listener = psycopg.connect(url.render_as_string(hide_password=False),
                                             autocommit=True, connect_timeout=10)
-            self.listener.execute("LISTEN queuectl_jobs")
+            self.listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
             # A job enqueued before LISTEN sent no notification here, so look for jobs again.
             return True
         # Wake at least every half second to notice a stop request.

@@ -317,6 +317,7 @@ def test_enqueue_file_taken_id_in_later_chunk(run, engine, monkeypatch):
     # Given a taken id on the fifth line, and chunks of two jobs, so that two chunks are
     # inserted before the taken id is
     monkeypatch.setattr(enqueueing, "INSERT_CHUNK", 2)
+    monkeypatch.setattr(enqueueing, "SMALL_BATCH", 0)  # take the bulk path
     add_job(engine, "taken")
     before = table_contents(engine)
     lines = [f'{{"id":"new-{number}","command":"true"}}' for number in range(4)]

@@ -199,6 +199,7 @@ def test_bulk_insert_stores_command_unchanged(engine, command: str) -> None:
 
 def test_bulk_insert_reports_progress_per_chunk(engine, monkeypatch) -> None:
     monkeypatch.setattr(enqueueing, "INSERT_CHUNK", 2)
+    monkeypatch.setattr(enqueueing, "SMALL_BATCH", 0)  # take the bulk path
     reported: list[int] = []
 
     enqueueing.enqueue_many_ids(engine, [validate_payload({"command": "true"})] * 5,
@@ -211,6 +212,7 @@ def test_bulk_insert_reports_progress_per_chunk(engine, monkeypatch) -> None:
 def test_taken_id_in_later_chunk_inserts_nothing(engine, monkeypatch) -> None:
     # Given a taken id that comes after two chunks of the batch have been sent
     monkeypatch.setattr(enqueueing, "INSERT_CHUNK", 2)
+    monkeypatch.setattr(enqueueing, "SMALL_BATCH", 0)  # take the bulk path
     enqueue(engine, id="taken")
     before = table_contents(engine)
     specs = [validate_payload({"command": "true", "id": f"new-{n}"}) for n in range(5)]
@@ -237,3 +239,20 @@ def test_taken_generated_id_inserts_nothing(engine, monkeypatch) -> None:
 
     assert raised.value.job_id == "0123456789ab"
     assert table_contents(engine) == before
+
+
+@pytest.mark.parametrize("count", [1, enqueueing.SMALL_BATCH, enqueueing.SMALL_BATCH + 1])
+def test_enqueue_notifies_listening_workers(engine, count) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite workers are woken by datagrams, tested with real workers")
+    import psycopg
+
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {enqueueing.NOTIFY_CHANNEL}")
+
+        enqueueing.enqueue_many_ids(engine, [validate_payload({"command": "true"})] * count)
+
+        received = list(listener.notifies(timeout=5, stop_after=1))
+    assert len(received) == 1
+    assert jobs.count_by_state(engine)["pending"] == count
