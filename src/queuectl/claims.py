@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from queuectl.tables import CLAIMABLE_CONDITION as CLAIMABLE
 from queuectl.tables import JobState, jobs_table, utcnow
 
 # Commits between two WAL checkpoints of a worker's SQLite connection.
@@ -33,7 +34,6 @@ CHECKPOINT_INTERVAL = 200
 # SQLite's default wal_autocheckpoint, restored before a connection returns to the pool.
 SQLITE_AUTOCHECKPOINT = 1000
 
-CLAIMABLE = "state IN ('pending', 'failed')"  # the text of tables.CLAIMABLE_CONDITION
 CLAIMED_COLUMNS = "seq, priority, id, command, queue, attempts, max_retries, timeout, claim_token"
 NEW_TOKEN = {
     "sqlite": "lower(hex(randomblob(16)))",

@@ -23,7 +23,6 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
-    text,
 )
 
 NAMING_CONVENTION = {
@@ -124,14 +123,10 @@ jobs_table = Table(
     Index("ix_jobs_lease", "state", "lease_expires_at"),
 )
 
-# Claimable jobs in claim order, highest priority first, then oldest: a claim reads the
-# first due entries of these partial indexes. A query can use them only when its WHERE
-# clause contains their condition in this same form, with literal values.
-CLAIMABLE_CONDITION = text("state IN ('pending', 'failed')")
-Index("ix_jobs_ready", jobs_table.c.priority.desc(), jobs_table.c.seq,
-      sqlite_where=CLAIMABLE_CONDITION, postgresql_where=CLAIMABLE_CONDITION)
-Index("ix_jobs_ready_queue", jobs_table.c.queue, jobs_table.c.priority.desc(), jobs_table.c.seq,
-      sqlite_where=CLAIMABLE_CONDITION, postgresql_where=CLAIMABLE_CONDITION)
+# The condition of the partial indexes on claimable jobs, which queuectl.models defines.
+# A query can use those indexes only when its WHERE clause contains this condition in the
+# same form, with literal values.
+CLAIMABLE_CONDITION = "state IN ('pending', 'failed')"
 
 # One configuration setting, stored as text and validated when written.
 config_table = Table(

@@ -40,9 +40,9 @@ MAX_HEARTBEAT_INTERVAL = 2.0
 # current one runs, so that no database round trip sits between two short jobs.
 CLAIM_AHEAD_BELOW = 0.1
 # How much work, in seconds of the last job's run time, a worker claims ahead at once.
-CLAIM_AHEAD_SECONDS = 0.01
+CLAIM_AHEAD_SECONDS = 0.02
 # The most jobs a worker claims ahead at once.
-MAX_CLAIM_AHEAD = 8
+MAX_CLAIM_AHEAD = 16
 # Jobs claimed ahead return to the queue once the job running before them has run this
 # long, in seconds, so that a long job does not keep them from idle workers. Leases are at
 # least 3 s, so these jobs never outlive theirs.

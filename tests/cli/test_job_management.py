@@ -346,16 +346,7 @@ def test_enqueue_file_draws_progress_on_terminal_stderr(queue_env, engine, tmp_p
     os.close(terminal_fd)
 
     # When the file is enqueued
-    terminal = b""
-    while select.select([main_fd], [], [], 60)[0]:
-        try:
-            data = os.read(main_fd, 65536)
-        except OSError:  # EIO: the process closed the terminal
-            break
-        if not data:
-            break
-        terminal += data
-    os.close(main_fd)
+    terminal = read_terminal(main_fd, process)
     stdout = process.stdout.read().decode()
     process.stdout.close()
 
@@ -784,13 +775,22 @@ def run_on_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     process = subprocess.Popen([sys.executable, "-m", "queuectl", *args], stdout=terminal_fd,
                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env)
     os.close(terminal_fd)
-    deadline = time.monotonic() + 60
+    output = read_terminal(main_fd, process)
+    return process.wait(timeout=60), output.decode("utf-8", "replace")
+
+
+def read_terminal(main_fd: int, process: subprocess.Popen, timeout: float = 60) -> bytes:
+    """Read a pseudo-terminal until the process closes it, then close it here too.
+
+    The test fails, and the process is killed, if the terminal stays open for timeout seconds.
+    """
+    deadline = time.monotonic() + timeout
     chunks = []
     while True:
         ready, _, _ = select.select([main_fd], [], [], max(deadline - time.monotonic(), 0))
         if not ready:
             process.kill()
-            pytest.fail(f"queuectl {' '.join(args)} wrote to its terminal for over 60 s")
+            pytest.fail(f"{' '.join(process.args)} kept its terminal open for over {timeout:g} s")
         try:
             data = os.read(main_fd, 65536)
         except OSError:  # EIO: the process closed the terminal
@@ -799,7 +799,7 @@ def run_on_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
             break
         chunks.append(data)
     os.close(main_fd)
-    return process.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+    return b"".join(chunks)
 
 
 def terminal_env(queue_env: dict[str, str]) -> dict[str, str]:

@@ -18,9 +18,11 @@ import typer
 from queuectl import cli as queuectl_cli
 from queuectl import jobs
 
-# Modules that an enqueue into SQLite does not need: Rich, Alembic, the PostgreSQL driver,
-# the ORM, and pydantic (which Typer 0.29 and newer import at start-up).
-NOT_NEEDED_BY_ENQUEUE = ("rich", "alembic", "psycopg", "sqlalchemy.orm", "pydantic")
+# Modules that an enqueue into SQLite does not need: Rich, Alembic, the PostgreSQL driver
+# and SQLAlchemy's dialect for it, the ORM, and pydantic (which Typer 0.29 and newer import
+# at start-up).
+NOT_NEEDED_BY_ENQUEUE = ("rich", "alembic", "psycopg", "sqlalchemy.dialects.postgresql",
+                         "sqlalchemy.orm", "pydantic")
 
 LOADED_MODULES_AFTER_ENQUEUE = f"""
 import json, sys
