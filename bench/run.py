@@ -98,8 +98,13 @@ def bench_pool(jobs: int) -> float:
     return jobs / (time.perf_counter() - start)
 
 
-def bench_drain(backend: str, jobs: int) -> tuple[float, float]:
-    """Drain throughput of 4 idle workers given `jobs` jobs at once; also their peak RSS."""
+def bench_drain(backend: str, jobs: int) -> tuple[float, float, float]:
+    """Drain throughput of 4 idle workers given `jobs` jobs at once; also their peak RSS.
+
+    The third figure is the throughput of a thread-pool run made while the workers wait,
+    just before the drain, so that the ratio of the two compares them under the same load
+    of this shared machine.
+    """
     from queuectl import jobs as job_service
     from queuectl.spec import JobSpec
 
@@ -109,6 +114,7 @@ def bench_drain(backend: str, jobs: int) -> tuple[float, float]:
         queuectl(database.env, "worker", "start", "--count", str(WORKERS))
         try:
             time.sleep(1.0)  # let the workers go idle
+            pool = bench_pool(jobs)
             start = time.perf_counter()
             job_service.enqueue_many(engine, [JobSpec(command="true") for _ in range(jobs)])
             while count_completed(engine) < jobs:
@@ -118,7 +124,7 @@ def bench_drain(backend: str, jobs: int) -> tuple[float, float]:
         finally:
             queuectl(database.env, "worker", "stop")
             engine.dispose()
-        return jobs / elapsed, rss
+        return jobs / elapsed, rss, pool
     finally:
         database.close()
 
@@ -263,6 +269,8 @@ def measure_queuectl(results: Results, options: argparse.Namespace) -> None:
         drains = collect(f"{label} drain", options.runs,
                          lambda: bench_drain(backend, options.jobs))
         results.add(f"{key}.drain", f"{label}: drain, jobs/s", [d[0] for d in drains])
+        results.add(f"{key}.drain_ratio", f"{label}: drain / thread pool run before it",
+                    [d[0] / d[2] for d in drains], digits=2)
         results.add(f"{key}.rss", f"{label}: worker peak RSS, MiB", [d[1] for d in drains])
         results.add(f"{key}.enqueue_one", f"{label}: enqueue one at a time, jobs/s",
                     collect(f"{label} enqueue", options.runs,
