@@ -71,7 +71,8 @@ def goal_rows(results: Results, small: int, large: int) -> list[tuple[str, str, 
     pg_p50 = results.get("queuectl-postgresql.p50")
     procrastinate_p50 = results.get("procrastinate.p50")
     if pg_p50 is not None and procrastinate_p50 is not None:
-        add("queuectl postgresql p50 / procrastinate p50", f"{pg_p50 / procrastinate_p50:.2f}")
+        ratio = pg_p50 / procrastinate_p50
+        add("queuectl postgresql p50 / procrastinate p50", f"{ratio:.2f}", "<= 1", ratio <= 1)
 
     for backend, target in (("sqlite", 50_000), ("postgresql", 20_000)):
         rate = results.get(f"queuectl-{backend}.enqueue_file")

@@ -556,7 +556,6 @@ class Worker:
                 self.wake_listener.wake()
 
 
-
 class _Interrupt:
     """An event-like flag, set once the worker is forced to stop or loses this claim."""
 
