@@ -176,11 +176,29 @@ def recover_expired(engine: Engine) -> list[tuple[Claim, Outcome]]:
 
 
 def recover_worker_jobs(
-    engine: Engine, worker_id: str, error: str = WORKER_LOST
+    engine: Engine, worker_id: str, error: str = WORKER_LOST,
+    running: set[str] | None = None,
 ) -> list[tuple[Claim, Outcome]]:
-    """Fail the jobs held by a worker known to be dead, without waiting for the lease."""
+    """Recover the jobs held by a worker known to be dead, without waiting for the lease.
+
+    With `running` None, every held job fails with `error`. Otherwise only the jobs whose
+    commands were running fail, and the others return to the queue with their attempt not
+    counted: the worker had claimed them ahead and never started them, or had run them
+    without recording the result yet. Those are returned with the state PENDING.
+    """
     query = _held_jobs_query().where(jobs_table.c.worker_id == worker_id)
-    return _fail_held_jobs(engine, query, error)
+    if running is None:
+        return _fail_held_jobs(engine, query, error)
+    failed = _fail_held_jobs(engine, query.where(jobs_table.c.id.in_(running)), error)
+    with read_only(engine).connect() as conn:
+        rows = conn.execute(query).all()
+    requeued = []
+    for row in rows:
+        claim = Claim(row.id, row.command, row.queue, row.attempts, row.max_retries,
+                      row.timeout, row.claim_token)
+        if release(engine, claim, f"{error}; returned to the queue, attempt not counted"):
+            requeued.append((claim, Outcome(JobState.PENDING)))
+    return failed + requeued
 
 
 def next_run_at(engine: Engine, queues: list[str] | None) -> datetime | None:

@@ -203,6 +203,9 @@ def _read_job_file(name: str, options: dict) -> list:
     with stream:
         try:
             for number, line in enumerate(stream, start=1):
+                if number == 1:
+                    # Editors on Windows often start UTF-8 files with a byte-order mark.
+                    line = line.removeprefix("\ufeff")
                 if not line.strip():
                     continue
                 try:
@@ -364,7 +367,8 @@ def cancel(job_ids: JobIds) -> None:
     for job_id, state in previous.items():
         sys.stdout.write(f"{job_id}\n")
         if state == "processing":
-            stderr(f"job {job_id} was running; its worker stops it within seconds")
+            stderr(f"job {job_id} was processing; its worker stops it within seconds "
+                   "if it has started")
     stderr(f"cancelled {len(previous)} job(s)")
 
 
@@ -426,20 +430,20 @@ def prune(
     stderr(f"deleted {deleted} finished job(s) older than {older_than}")
 
 
-def _parse_age(text: str):
-    """Parse an age such as 90s, 30m, 12h, 7d or 2w."""
+def _parse_age(text: str, name: str = "age"):
+    """Parse an age such as 90s, 30m, 12h, 7d or 2w; `name` is the value's name in errors."""
     import re
     from datetime import timedelta
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if not match:
-        raise InvalidInput(f"invalid age {text!r}; use a number and a unit, such as 30m, 12h "
-                           "or 7d (units: s, m, h, d, w)")
+        raise InvalidInput(f"invalid {name} {text!r}; use a number and a unit, such as 30m, "
+                           "12h or 7d (units: s, m, h, d, w)")
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     try:
         return timedelta(**{unit[match.group(2)]: float(match.group(1))})
     except OverflowError:
-        raise InvalidInput(f"age {text!r} is too large; use at most 1000 years") from None
+        raise InvalidInput(f"{name} {text!r} is too large; use at most 1000 years") from None
 
 
 # Dead letter queue ------------------------------------------------------------------------
@@ -695,7 +699,7 @@ def metrics_command(
 
 
 def _parse_window(text: str):
-    window = _parse_age(text)
+    window = _parse_age(text, "window")
     if window.total_seconds() <= 0:
         raise InvalidInput(f"invalid window {text!r}; use a positive length such as 15m or 2h")
     return window

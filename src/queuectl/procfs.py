@@ -35,3 +35,21 @@ def process_stats() -> Iterator[ProcessStat]:
         # state, ppid, pgrp, ...
         fields = stat.rsplit(b")", 1)[1].split()
         yield ProcessStat(int(name), fields[0].decode(), int(fields[1]), int(fields[2]))
+
+
+def environment_variable(pid: int, name: str) -> str | None:
+    """Return a variable of a process's environment as it was started, or None.
+
+    None also when the process is gone or belongs to another user.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ_file:
+            environ = environ_file.read()
+    except OSError:
+        return None
+    prefix = name.encode() + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode(errors="replace")
+    return None
+

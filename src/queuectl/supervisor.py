@@ -23,7 +23,7 @@ from pathlib import Path
 
 from queuectl.db import queuectl_home
 from queuectl.errors import WorkerError
-from queuectl.procfs import process_stats
+from queuectl.procfs import environment_variable, process_stats
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,8 @@ class Supervisor:
             return
         reason = (f"killed by {signal.Signals(-code).name}" if code < 0
                   else f"exited with status {code}")
-        self._stop_orphaned_jobs()
-        self._recover_jobs(slot, f"worker lost ({reason})")
+        running = self._stop_orphaned_jobs()
+        self._recover_jobs(slot, f"worker lost ({reason})", running)
         now = time.monotonic()
         slot.deaths = [t for t in slot.deaths if now - t < RESTART_WINDOW] + [now]
         pause = RESTART_PAUSE if len(slot.deaths) >= RESTART_BURST else 0.5
@@ -176,16 +176,22 @@ class Supervisor:
         workers = {slot.process.pid for slot in self.slots if slot.process is not None}
         return [pid for pid in _child_pids(os.getpid()) if pid not in workers]
 
-    def _stop_orphaned_jobs(self) -> None:
-        """Kill the process groups of the jobs whose worker just died.
+    def _stop_orphaned_jobs(self) -> set[str]:
+        """Kill the process groups of the jobs whose worker just died; return their job ids.
 
         A job runs in its own process group. When its worker is killed, the job's shell is
         re-parented to the supervisor (a child subreaper) and its group is stopped here, so
-        the recovered job never runs twice at the same time.
+        the recovered job never runs twice at the same time. The job ids come from the
+        QUEUECTL_JOB_ID variable that each job's processes start with.
         NOTE: a background process left by an earlier, finished job is re-parented here
-        too and is stopped along with them.
+        too and is stopped along with them. A job whose processes all replaced their
+        environment is not found, so it is requeued as if it had not started.
         """
+        running = set()
         for pid in self._orphans():
+            job_id = environment_variable(pid, "QUEUECTL_JOB_ID")
+            if job_id:
+                running.add(job_id)
             try:
                 pgid = os.getpgid(pid)
                 if pgid == os.getpgrp():
@@ -194,6 +200,7 @@ class Supervisor:
                     os.killpg(pgid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        return running
 
     def _reap_orphans(self) -> None:
         """Collect the exit status of re-parented processes that ended, so none stays a zombie."""
@@ -203,16 +210,27 @@ class Supervisor:
             except ChildProcessError:
                 pass
 
-    def _recover_jobs(self, slot: Slot, error: str) -> None:
-        """Fail at once the job a dead worker held, instead of waiting for its lease."""
+    def _recover_jobs(self, slot: Slot, error: str, running: set[str] | None = None) -> None:
+        """Recover at once the jobs a dead worker held, instead of waiting for their lease.
+
+        `running` names the jobs whose commands were running: see
+        attempts.recover_worker_jobs.
+        """
         from queuectl import attempts
         from queuectl.db import create_queue_engine
+        from queuectl.tables import JobState
         from queuectl.workers import unregister
 
         try:
             engine = create_queue_engine()
             try:
-                for claim, outcome in attempts.recover_worker_jobs(engine, slot.worker_id, error):
+                recovered = attempts.recover_worker_jobs(engine, slot.worker_id, error, running)
+                for claim, outcome in recovered:
+                    if outcome.state is JobState.PENDING:
+                        log.warning("job %s held by the lost %s returned to the queue, "
+                                    "attempt not counted", claim.id, slot.name,
+                                    extra={"job_id": claim.id, "action": "worker_lost"})
+                        continue
                     log.warning("job %s held by the lost %s is now %s (attempt %s/%s)",
                                 claim.id, slot.name, outcome.state.value, claim.attempts,
                                 claim.max_retries,

@@ -21,7 +21,7 @@ from queuectl.claims import Claim, ClaimConnection, Outcome, Success
 from queuectl.db import database_url, display_url, get_engine, read_only
 from queuectl.enqueueing import NOTIFY_CHANNEL
 from queuectl.execution import OutputTail, Result, run_command
-from queuectl.tables import JobState, jobs_table, utcnow, workers_table
+from queuectl.tables import JobState, utcnow, workers_table
 from queuectl.wake import WakeListener, wake_dir
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,13 @@ MAX_HEARTBEAT_INTERVAL = 2.0
 CLAIM_AHEAD_BELOW = 0.1
 # How much work, in seconds of the last job's run time, a worker claims ahead at once.
 CLAIM_AHEAD_SECONDS = 0.02
-# The most jobs a worker claims ahead at once.
+# The maximum number of jobs a worker claims ahead at once.
 MAX_CLAIM_AHEAD = 16
 # Jobs claimed ahead return to the queue once the job running before them has run this
 # long, in seconds, so that a long job does not keep them from idle workers. Leases are at
 # least 3 s, so these jobs never outlive theirs.
 CLAIM_AHEAD_RELEASE = 1.0
-# The longest time, in seconds, a success waits to be recorded with others in one commit.
+# The maximum time, in seconds, a success waits to be recorded with others in one commit.
 MAX_RECORD_DELAY = 0.01
 
 
@@ -96,7 +96,9 @@ def list_workers(engine: Engine) -> list[tuple[Row, str | None]]:
     """Return the workers that are alive, each with the id of the job it is running.
 
     A worker counts as alive while its heartbeat is younger than one lease and, on this
-    host, while its process exists.
+    host, while its process exists. The running job is the one its last heartbeat named,
+    so it can lag by up to MAX_HEARTBEAT_INTERVAL. The jobs table cannot tell it: a worker
+    also holds, as processing, the jobs it has claimed ahead.
     """
     lease = float(config.get_value(engine, "lease_seconds"))
     cutoff = utcnow() - timedelta(seconds=lease)
@@ -104,17 +106,13 @@ def list_workers(engine: Engine) -> list[tuple[Row, str | None]]:
     with read_only(engine).connect() as conn:
         records = conn.execute(select(workers_table).order_by(
             workers_table.c.hostname, workers_table.c.started_at, workers_table.c.name)).all()
-        running = dict(conn.execute(
-            select(jobs_table.c.worker_id, jobs_table.c.id)
-            .where(jobs_table.c.state == JobState.PROCESSING.value)
-        ).all())
     alive = []
     for record in records:
         if record.heartbeat_at < cutoff:
             continue
         if record.hostname == this_host and not pid_alive(record.pid):
             continue
-        alive.append((record, running.get(record.id)))
+        alive.append((record, record.current_job))
     return alive
 
 
@@ -154,6 +152,9 @@ class Worker:
         # previous job was just recorded cannot stop the next one.
         self.lost_token: str | None = None
         self.exited = threading.Event()  # wakes the heartbeat thread so it can end
+        # Wakes the heartbeat thread for an early beat, which records the running job.
+        self.beat_now = threading.Event()
+        self.announced = False  # whether an early beat was asked for the running job
         self.claim: Claim | None = None
         self.claim_started = 0.0  # time.monotonic() when the current job started
         # Jobs claimed ahead, in the order they run. Only the main loop's thread uses them.
@@ -221,6 +222,7 @@ class Worker:
             self._record_and_claim(0)
             self._release_ahead()
             self.exited.set()
+            self.beat_now.set()
             heartbeat.join(timeout=5)
             self._close_listener()
             self.claims.close()
@@ -274,6 +276,7 @@ class Worker:
     def _process(self, claim: Claim) -> None:
         self.claim = claim
         self.claim_started = time.monotonic()
+        self.announced = False
         self.log.debug("job %s started (attempt %s/%s, queue %s)", claim.id, claim.attempts,
                        claim.max_retries, claim.queue,
                        extra={"job_id": claim.id, "action": "job_start"})
@@ -303,6 +306,10 @@ class Worker:
         Returns the seconds until the next call is due, or None when none is.
         """
         running = time.monotonic() - self.claim_started
+        if not self.announced and running >= CLAIM_AHEAD_BELOW:
+            # A job this long is worth showing in `status` now, not at the next heartbeat.
+            self.announced = True
+            self.beat_now.set()
         if self.ahead and running >= CLAIM_AHEAD_RELEASE:
             self._release_ahead()
         size = self._claim_size() if running < CLAIM_AHEAD_RELEASE else 0
@@ -310,7 +317,7 @@ class Worker:
             self._record_and_claim(size)
         elif self.unrecorded and (not self.ahead or self._unrecorded_age() >= MAX_RECORD_DELAY):
             self._record_and_claim(0)
-        due = []
+        due = [] if self.announced else [CLAIM_AHEAD_BELOW - running]
         if self.unrecorded:
             due.append(MAX_RECORD_DELAY - self._unrecorded_age())
         if self.ahead:
@@ -526,7 +533,9 @@ class Worker:
             except DBAPIError as exc:
                 self.log.error("heartbeat failed: %s", _first_line(exc),
                                extra={"action": "heartbeat"})
-            if self.exited.wait(min(lease / 3, MAX_HEARTBEAT_INTERVAL)):
+            self.beat_now.wait(min(lease / 3, MAX_HEARTBEAT_INTERVAL))
+            self.beat_now.clear()
+            if self.exited.is_set():
                 return
 
     def _beat(self, lease: float) -> None:

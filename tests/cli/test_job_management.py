@@ -241,6 +241,23 @@ def test_enqueue_file_skips_blank_lines(run, engine, tmp_path):
 
 
 @sqlite_only
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_enqueue_file_with_byte_order_mark(run, engine, tmp_path, source):
+    text = '\ufeff{"id":"first","command":"true"}\n{"id":"second","command":"true"}\n'
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(text, encoding="utf-8")
+
+    if source == "file":
+        result = run("enqueue", "--file", str(path))
+    else:
+        result = run("enqueue", "--file", "-", input=text)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "first\nsecond\n"
+    assert job_ids(engine) == {"first", "second"}
+
+
+@sqlite_only
 def test_enqueue_file_from_stdin(run, engine):
     result = run("enqueue", "--file", "-",
                  input='{"id":"in-1","command":"true"}\n{"id":"in-2","command":"true"}\n')
@@ -474,7 +491,7 @@ def test_cancel_processing_job_drops_its_claim(run, engine):
     assert job.state == "cancelled"
     assert job.claim_token is None
     assert job.last_error == "cancelled while running"
-    assert "was running" in result.stderr
+    assert "was processing" in result.stderr
 
 
 @sqlite_only

@@ -89,3 +89,10 @@ def test_metrics_reject_invalid_window(cli, engine, window) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: invalid ")
     assert repr(window) in result.stderr
+
+
+def test_metrics_window_error_names_window(cli, engine) -> None:
+    result = cli("metrics", "--window", "abc")
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: invalid window 'abc'")

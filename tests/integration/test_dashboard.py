@@ -21,13 +21,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, update
 from sqlalchemy.engine import make_url
 
 from queuectl import db, jobs, workers as worker_service
 from queuectl.dashboard import DashboardServer, create_server
 from queuectl.errors import QueuectlError
 from queuectl.spec import validate_payload
+from queuectl.tables import workers_table
 from tests.conftest import IN_CI, wait_for
 from tests.integration.conftest import only_on
 from tests.tables import table_contents
@@ -120,6 +121,9 @@ def busy_queue(engine):
     run_next(engine, error=HOSTILE_ERROR, exit_code=3)
     worker_service.register(engine, "test-host-w1", "worker-1", None, os.getpid())
     jobs.claim_next(engine, "test-host-w1", None, 300)
+    with engine.begin() as conn:  # as the worker's heartbeat records the job it runs
+        conn.execute(update(workers_table).where(workers_table.c.id == "test-host-w1")
+                     .values(current_job="long"))
     return engine
 
 

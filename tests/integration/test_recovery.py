@@ -8,10 +8,12 @@ import signal
 import time
 
 from queuectl import config, jobs
+from queuectl.models import JobState
+from queuectl.spec import validate_payload
 
 from tests import jobs as test_jobs
 from tests.conftest import wait_for
-from tests.integration.conftest import job_state
+from tests.integration.conftest import count_jobs, job_state
 from tests.integration.processes import pids_with_argument, supervisor_records
 
 
@@ -92,3 +94,30 @@ def test_timeout_kills_job_grandchildren(cli, engine, workers):
     job = jobs.get_job(engine, "slow")
     assert job.last_error == "timed out after 2 s"
     assert pids_with_argument(marker) == []
+
+
+def test_killed_worker_charges_only_running_job(engine, workers, tmp_path):
+    # Given one worker draining short jobs that may run once each, so that it claims
+    # jobs ahead and records their successes in batches,
+    marks = tmp_path / "marks"
+    count = 600
+    specs = [validate_payload({"id": f"job{number:03d}", "max_retries": 1,
+                               "command": f"echo job{number:03d} >> {marks}; sleep 0.005"})
+             for number in range(count)]
+    supervisor = workers.start(1)
+    jobs.enqueue_many(engine, specs)
+    wait_for(lambda: count_jobs(engine, "completed") >= 50, timeout=30,
+             message="the drain to get going")
+
+    # when that worker is killed with SIGKILL in the middle of the drain,
+    os.kill(supervisor.worker_pids[0], signal.SIGKILL)
+
+    # then the drain finishes with no job left processing, only a job that had started
+    # can be dead, and the jobs the worker held without running them lost no attempt.
+    wait_for(lambda: count_jobs(engine, "completed") + count_jobs(engine, "dead") == count,
+             timeout=60, message="every job to finish")
+    started = set(marks.read_text().split())
+    dead = {job.id for job in jobs.list_jobs(engine, JobState.DEAD, limit=None)}
+    assert len(dead) <= 1
+    assert dead <= started
+    assert started == {spec.id for spec in specs}

@@ -231,3 +231,25 @@ def test_failed_job_is_claimable_once_backoff_elapses(engine) -> None:
     assert waiting is None
     assert retried.id == "job1"
     assert retried.attempts == 2
+
+
+def test_dead_worker_running_job_fails_others_requeue(engine) -> None:
+    # Given a worker holding a job it runs and a job it claimed ahead
+    for job_id in ("running", "ahead"):
+        enqueue(engine, id=job_id)
+    held = [claim(engine), claim(engine)]
+
+    # When its supervisor recovers them, knowing only "running" had a command running
+    recovered = jobs.recover_worker_jobs(engine, "worker-a", "worker lost (killed by SIGKILL)",
+                                         running={"running"})
+
+    # Then "running" counts its attempt and "ahead" waits again with its attempt uncounted
+    assert {claimed.id: outcome.state for claimed, outcome in recovered} == {
+        "running": JobState.FAILED, "ahead": JobState.PENDING}
+    running, ahead = jobs.get_job(engine, "running"), jobs.get_job(engine, "ahead")
+    assert running.state == JobState.FAILED.value
+    assert running.attempts == 1
+    assert ahead.state == JobState.PENDING.value
+    assert ahead.attempts == 0
+    assert ahead.last_error.startswith("worker lost (killed by SIGKILL)")
+    assert [claimed.id for claimed in held] == ["running", "ahead"]
