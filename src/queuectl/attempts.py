@@ -150,14 +150,18 @@ def _held_jobs_query():
     ).where(jobs_table.c.state == JobState.PROCESSING.value)
 
 
-def _fail_held_jobs(engine: Engine, query, error: str) -> list[tuple[Claim, Outcome]]:
-    """Fail each processing job the query selects, under the claim token it was read with."""
+def _held_claims(engine: Engine, query) -> list[Claim]:
+    """Return the processing jobs the query selects, each with the token it is held under."""
     with read_only(engine).connect() as conn:
         rows = conn.execute(query).all()
+    return [Claim(row.id, row.command, row.queue, row.attempts, row.max_retries, row.timeout,
+                  row.claim_token) for row in rows]
+
+
+def _fail_held_jobs(engine: Engine, query, error: str) -> list[tuple[Claim, Outcome]]:
+    """Fail each processing job the query selects, under the claim token it was read with."""
     recovered = []
-    for row in rows:
-        claim = Claim(row.id, row.command, row.queue, row.attempts, row.max_retries,
-                      row.timeout, row.claim_token)
+    for claim in _held_claims(engine, query):
         outcome = fail(engine, claim, error, None, None)
         if outcome.recorded:
             recovered.append((claim, outcome))
@@ -190,12 +194,8 @@ def recover_worker_jobs(
     if running is None:
         return _fail_held_jobs(engine, query, error)
     failed = _fail_held_jobs(engine, query.where(jobs_table.c.id.in_(running)), error)
-    with read_only(engine).connect() as conn:
-        rows = conn.execute(query).all()
     requeued = []
-    for row in rows:
-        claim = Claim(row.id, row.command, row.queue, row.attempts, row.max_retries,
-                      row.timeout, row.claim_token)
+    for claim in _held_claims(engine, query):
         if release(engine, claim, f"{error}; returned to the queue, attempt not counted"):
             requeued.append((claim, Outcome(JobState.PENDING)))
     return failed + requeued
