@@ -79,6 +79,8 @@ def _candidates(dialect: str, queue_count: int) -> str:
     Parameters: now, then each queue name (SQLite) or a list of them (PostgreSQL), then
     the maximum number of jobs.
     """
+    # NOTE: with several queues, each claim sorts the due jobs of those queues; with one
+    # queue or all queues it reads the index in claim order and stops at the first ones.
     if dialect == "sqlite":
         index = "ix_jobs_ready_queue" if queue_count else "ix_jobs_ready"
         queues = f" AND queue IN ({', '.join('?' * queue_count)})" if queue_count else ""
