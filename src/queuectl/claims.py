@@ -7,10 +7,10 @@ PostgreSQL that is a single statement in autocommit mode, so one round trip and 
 commit. On SQLite it is one BEGIN IMMEDIATE transaction under the same writer lock as
 every other write (see db.WriteLock).
 
-The worker's SQLite connection does not checkpoint the WAL as part of a commit, which
-SQLite does by default once the WAL holds 1,000 pages: that checkpoint's fsync ran while
-the writer lock was held and stalled every other worker for milliseconds. The connection
-checkpoints every CHECKPOINT_INTERVAL commits instead, after releasing the lock.
+By default SQLite checkpoints the WAL as part of a commit once the WAL holds 1,000
+pages. That checkpoint's fsync ran while the writer lock was held and stalled every other
+worker for milliseconds. So the worker's SQLite connection checkpoints every
+CHECKPOINT_INTERVAL commits instead, after releasing the lock.
 
 A claim repeats the condition of the partial indexes on claimable jobs with literal
 values, so it reads the first due jobs in claim order instead of sorting every waiting
@@ -76,19 +76,44 @@ class Success:
 def _candidates(dialect: str, queue_count: int) -> str:
     """Return the subquery that picks the due claimable jobs to claim next, in claim order.
 
-    Parameters: now, then each queue name (SQLite) or a list of them (PostgreSQL), then
-    the maximum number of jobs.
+    Each queue's jobs are read from the index in claim order, so a claim reads the first
+    due entries instead of sorting every waiting job. With several queues, the first
+    entries of each queue are merged. Parameters: see candidate_params.
     """
-    # NOTE: with several queues, each claim sorts the due jobs of those queues; with one
-    # queue or all queues it reads the index in claim order and stops at the first ones.
+    if queue_count <= 1:
+        return _queue_head(dialect, "seq", queue_count == 1)
+    arms = " UNION ALL ".join(
+        f"SELECT seq, priority FROM ({_queue_head(dialect, 'seq, priority', True)}) "
+        f"AS queue_{number}"
+        for number in range(queue_count)
+    )
+    mark = "?" if dialect == "sqlite" else "%s"
+    return f"SELECT seq FROM ({arms}) AS heads ORDER BY priority DESC, seq LIMIT {mark}"
+
+
+def _queue_head(dialect: str, columns: str, one_queue: bool) -> str:
+    """Return the query of the first due claimable jobs, of one queue or of all of them.
+
+    Parameters: now, the queue when one_queue, then the maximum number of jobs.
+    """
+    mark = "?" if dialect == "sqlite" else "%s"
+    queue = f" AND queue = {mark}" if one_queue else ""
     if dialect == "sqlite":
-        index = "ix_jobs_ready_queue" if queue_count else "ix_jobs_ready"
-        queues = f" AND queue IN ({', '.join('?' * queue_count)})" if queue_count else ""
-        return (f"SELECT seq FROM jobs INDEXED BY {index} WHERE {CLAIMABLE} AND run_at <= ?"
-                f"{queues} ORDER BY priority DESC, seq LIMIT ?")
-    queues = " AND queue = ANY(%s)" if queue_count else ""
-    return (f"SELECT seq FROM jobs WHERE {CLAIMABLE} AND run_at <= %s{queues} "
+        index = "ix_jobs_ready_queue" if one_queue else "ix_jobs_ready"
+        return (f"SELECT {columns} FROM jobs INDEXED BY {index} WHERE {CLAIMABLE} "
+                f"AND run_at <= ?{queue} ORDER BY priority DESC, seq LIMIT ?")
+    return (f"SELECT {columns} FROM jobs WHERE {CLAIMABLE} AND run_at <= %s{queue} "
             "ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED")
+
+
+def candidate_params(now: object, queues: list[str] | None, limit: int) -> tuple:
+    """Return the parameters of _candidates: now, each queue and the limit, per queue."""
+    if not queues:
+        return (now, limit)
+    if len(queues) == 1:
+        return (now, queues[0], limit)
+    per_queue = tuple(value for queue in queues for value in (now, queue, limit))
+    return (*per_queue, limit)
 
 
 @functools.cache
@@ -144,8 +169,8 @@ class ClaimConnection:
 
     It keeps a connection of the engine's pool until close(), so a busy worker does not
     check one out (and, on PostgreSQL, ping it) for every job. Driver errors are raised as
-    SQLAlchemy's DBAPIError, as every other database call raises them, after the broken
-    connection is dropped; the next call opens a new one.
+    SQLAlchemy's DBAPIError, as every other database call raises them. The broken
+    connection is dropped first, and the next call opens a new one.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -187,25 +212,23 @@ class ClaimConnection:
         now = utcnow()
         stamp = self.timestamp(now)
         claim_params = (worker_id, stamp, stamp,
-                        self.timestamp(now + timedelta(seconds=lease_seconds)), stamp)
+                        self.timestamp(now + timedelta(seconds=lease_seconds)),
+                        *candidate_params(stamp, queues, limit))
         queue_count = len(queues or ())
         if self.dialect == "postgresql":
-            if queues:
-                claim_params += (list(queues),)
             params = (
                 [success.claim.id for success in successes],
                 [success.claim.token for success in successes],
                 [success.exit_code for success in successes],
                 [success.output for success in successes],
                 [success.finished_at for success in successes],
-                now, *claim_params, limit,
+                now, *claim_params,
             )
             sql = record_and_claim_sql(queue_count)
             rows = self._run(lambda cursor: _fetch_all(cursor, sql, params))
             recorded = {row[2] for row in rows if row[0] is None}
             claimed = [row for row in rows if row[0] is not None]
         else:
-            claim_params += (*(queues or ()), limit)
             completions = [
                 (success.exit_code, success.output, self.timestamp(success.finished_at), stamp,
                  success.claim.id, success.claim.token)

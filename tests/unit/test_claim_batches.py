@@ -125,6 +125,20 @@ def test_sqlite_claim_reads_index_in_claim_order(engine) -> None:
         assert not any("TEMP B-TREE" in step for step in plan), plan
 
 
+def test_sqlite_claim_over_queues_merges_heads(engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("INDEXED BY and EXPLAIN QUERY PLAN are SQLite's")
+    sql = claim_sql("sqlite", 2)
+    params = ("w", "now", "now", "later", "now", "a", 5, "now", "b", 5, 5)
+
+    with engine.connect() as conn:
+        plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+    # Each queue is read in index order; only the few heads of the queues are sorted.
+    assert sum("INDEX ix_jobs_ready_queue" in step for step in plan) == 2, plan
+    assert sum("TEMP B-TREE" in step for step in plan) == 1, plan
+
+
 def test_postgresql_claim_uses_ready_index(engine) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("the SQLite claim names its index")
@@ -141,3 +155,17 @@ def test_postgresql_claim_uses_ready_index(engine) -> None:
 
     assert "ix_jobs_ready" in text_plan
     assert "Sort" not in text_plan
+
+
+def test_batch_claim_over_queues_follows_priority(engine) -> None:
+    for job_id, queue, priority in [("a-low", "a", 0), ("b-high", "b", 5), ("c-top", "c", 9),
+                                    ("a-high", "a", 5), ("b-low", "b", 0), ("a-mid", "a", 2)]:
+        enqueue(engine, id=job_id, queue=queue, priority=priority)
+
+    with ClaimConnection(engine) as connection:
+        _, first = connection.record_and_claim([], 3, "worker-a", ["a", "b"], LEASE)
+        _, rest = connection.record_and_claim([], 5, "worker-a", ["b", "a"], LEASE)
+
+    assert [claim.id for claim in first] == ["b-high", "a-high", "a-mid"]
+    assert [claim.id for claim in rest] == ["a-low", "b-low"]
+    assert jobs.get_job(engine, "c-top").state == JobState.PENDING.value
