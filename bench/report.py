@@ -46,8 +46,8 @@ def goal_rows(results: Results, small: int, large: int) -> list[tuple[str, str, 
 
     pool = results.get("pool.drain")
     for backend, minimum in (("sqlite", 0.75), ("postgresql", 0.60)):
-        # Each drain run follows a pool run of its own; the median of those paired ratios
-        # is steadier on a shared machine than a ratio of the two medians.
+        # Each drain run follows a pool run of its own. On a shared machine the median of
+        # those paired ratios is steadier than a ratio of the two medians.
         paired = results.get(f"queuectl-{backend}.drain_ratio")
         drain = results.get(f"queuectl-{backend}.drain")
         if paired is not None:

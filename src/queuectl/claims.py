@@ -7,9 +7,9 @@ PostgreSQL that is a single statement in autocommit mode, so one round trip and 
 commit. On SQLite it is one BEGIN IMMEDIATE transaction under the same writer lock as
 every other write (see db.WriteLock).
 
-By default SQLite checkpoints the WAL as part of a commit once the WAL holds 1,000
+By default SQLite checkpoints the WAL as part of a commit once the WAL contains 1,000
 pages. That checkpoint's fsync ran while the writer lock was held and stalled every other
-worker for milliseconds. So the worker's SQLite connection checkpoints every
+worker for milliseconds. So a worker's SQLite connection checkpoints every
 CHECKPOINT_INTERVAL commits instead, after releasing the lock.
 
 A claim repeats the condition of the partial indexes on claimable jobs with literal
@@ -173,11 +173,14 @@ class ClaimConnection:
     connection is dropped first, and the next call opens a new one.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, own_checkpoints: bool = False) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.raw = None  # the pool's proxy of the DBAPI connection, while one is held
-        self.commits = 0  # SQLite commits since the last checkpoint
+        # Whether this SQLite connection checkpoints the WAL itself, outside the writer
+        # lock: worth it for a worker's connection, which commits for every few jobs.
+        self.own_checkpoints = own_checkpoints and self.dialect == "sqlite"
+        self.commits = 0  # commits since the last checkpoint, when own_checkpoints
         # Datetimes are bound as SQLAlchemy binds them, so that SQLite's text timestamps
         # compare correctly with those the rest of queuectl writes.
         self.timestamp = jobs_table.c.run_at.type.bind_processor(engine.dialect)
@@ -195,7 +198,7 @@ class ClaimConnection:
             return
         if self.dialect == "postgresql":
             raw.driver_connection.autocommit = False
-        else:
+        elif self.own_checkpoints:
             raw.driver_connection.execute(
                 f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT}").close()
         raw.close()
@@ -279,7 +282,7 @@ class ClaimConnection:
             raw = self.engine.raw_connection()
             if self.dialect == "postgresql":
                 raw.driver_connection.autocommit = True
-            else:
+            elif self.own_checkpoints:
                 raw.driver_connection.execute("PRAGMA wal_autocheckpoint = 0").close()
             self.raw = raw
         return self.raw
@@ -293,11 +296,12 @@ class ClaimConnection:
                 with dbapi.cursor() as cursor:
                     return work(cursor)
             result = self._run_sqlite(dbapi, work)
-            self.commits += 1
-            if self.commits >= CHECKPOINT_INTERVAL:
-                self.commits = 0
-                # PASSIVE copies what it can without waiting for readers or writers.
-                dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+            if self.own_checkpoints:
+                self.commits += 1
+                if self.commits >= CHECKPOINT_INTERVAL:
+                    self.commits = 0
+                    # PASSIVE copies what it can without waiting for readers or writers.
+                    dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
             return result
         except self.engine.dialect.loaded_dbapi.Error as exc:
             self._drop(raw)

@@ -121,10 +121,11 @@ def _normalise_legacy_rows(conn: Connection) -> None:
 
 
 def _read_stored(engine: Engine, conn: Connection | None = None) -> dict[str, str]:
+    query = select(config_table.c.key, config_table.c.value)
     if conn is not None:
-        return dict(conn.execute(select(config_table.c.key, config_table.c.value)).all())
+        return dict(conn.execute(query).all())
     with read_only(engine).connect() as conn:
-        return dict(conn.execute(select(config_table.c.key, config_table.c.value)).all())
+        return dict(conn.execute(query).all())
 
 
 def stored_values(engine: Engine, conn: Connection | None = None) -> dict[str, str]:

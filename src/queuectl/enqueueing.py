@@ -33,9 +33,9 @@ INSERT_COLUMNS = ("id", "command", "state", "queue", "priority", "max_retries", 
 # Rows per executemany() call, or per progress report during a COPY.
 INSERT_CHUNK = 5000
 
-# Up to this many jobs are inserted by one statement that also reads the max_retries
-# setting on the same connection: on PostgreSQL one round trip in autocommit mode, which
-# also sends the NOTIFY, where a transaction and a COPY took six.
+# Up to this many jobs are inserted on the connection that reads the max_retries setting.
+# On PostgreSQL one statement in autocommit mode inserts them and sends the NOTIFY: one
+# round trip, where a transaction and a COPY took six.
 SMALL_BATCH = 100
 
 # The PostgreSQL channel that idle workers LISTEN on for new jobs.
@@ -138,24 +138,31 @@ def _insert_jobs(engine: Engine, specs: list[JobSpec],
 def _insert_small_batch(engine: Engine, specs: list[JobSpec], ids: list[str], now: datetime,
                         bind_time: Callable[[datetime], object]) -> int:
     """Insert a few jobs on one connection; return the max_retries default applied."""
-    if engine.dialect.name != "postgresql":
-        with engine.begin() as conn:
-            default_retries = int(config.get_value(engine, "max_retries", conn))
-            rows = _job_rows(specs, ids, default_retries, now, bind_time)
-            _execute_many(conn, rows, None)
-            notify_new_jobs(conn)
-        return default_retries
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    postgresql = engine.dialect.name == "postgresql"
+    if postgresql:
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        connection = engine.begin()
+    with connection as conn:
         default_retries = int(config.get_value(engine, "max_retries", conn))
         rows = _job_rows(specs, ids, default_retries, now, bind_time)
-        values = ", ".join(["(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"] * len(rows))
-        conn.exec_driver_sql(
-            f"WITH inserted AS (INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
-            f"VALUES {values} RETURNING 1) "
-            f"SELECT pg_notify('{NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT FROM inserted)",
-            tuple(value for row in rows for value in row),
-        )
+        if postgresql:
+            _insert_and_notify(conn, rows)
+        else:
+            _execute_many(conn, rows, None)
+            notify_new_jobs(conn)
     return default_retries
+
+
+def _insert_and_notify(conn: Connection, rows: list[tuple]) -> None:
+    """Insert rows and wake idle PostgreSQL workers with one statement."""
+    values = ", ".join(["(" + ", ".join(["%s"] * len(INSERT_COLUMNS)) + ")"] * len(rows))
+    conn.exec_driver_sql(
+        f"WITH inserted AS (INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
+        f"VALUES {values} RETURNING 1) "
+        f"SELECT pg_notify('{NOTIFY_CHANNEL}', '') WHERE EXISTS (SELECT FROM inserted)",
+        tuple(value for row in rows for value in row),
+    )
 
 
 def _reject_repeated_ids(ids: list[str]) -> None:

@@ -204,7 +204,7 @@ class Worker:
     def run(self) -> None:
         """Work until stopped (or, in burst mode, until no unfinished job is left)."""
         self.engine = self._connect_with_retry()
-        self.claims = ClaimConnection(self.engine)
+        self.claims = ClaimConnection(self.engine, own_checkpoints=True)
         if wake_dir(self.engine.url) is not None:
             self.wake_listener = WakeListener(self.engine.url)
         self._with_reconnect(lambda: register(

@@ -169,3 +169,21 @@ def test_batch_claim_over_queues_follows_priority(engine) -> None:
     assert [claim.id for claim in first] == ["b-high", "a-high", "a-mid"]
     assert [claim.id for claim in rest] == ["a-low", "b-low"]
     assert jobs.get_job(engine, "c-top").state == JobState.PENDING.value
+
+
+@pytest.mark.parametrize("own_checkpoints, held_setting", [(True, 0), (False, 1000)])
+def test_sqlite_autocheckpoint_only_for_own_checkpoints(engine, own_checkpoints,
+                                                        held_setting) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the WAL checkpoint setting is SQLite's")
+    enqueue(engine, id="job")
+    connection = ClaimConnection(engine, own_checkpoints=own_checkpoints)
+
+    connection.claim("worker-a", None, LEASE)
+    driver = connection.raw.driver_connection
+    during = driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    connection.close()
+    after = driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+    assert during == held_setting
+    assert after == 1000

@@ -237,7 +237,7 @@ def test_dead_worker_running_job_fails_others_requeue(engine) -> None:
     # Given a worker holding a job it runs and a job it claimed ahead
     for job_id in ("running", "ahead"):
         enqueue(engine, id=job_id)
-    held = [claim(engine), claim(engine)]
+    claimed_jobs = [claim(engine), claim(engine)]
 
     # When its supervisor recovers them, knowing only "running" had a command running
     recovered = jobs.recover_worker_jobs(engine, "worker-a", "worker lost (killed by SIGKILL)",
@@ -252,4 +252,4 @@ def test_dead_worker_running_job_fails_others_requeue(engine) -> None:
     assert ahead.state == JobState.PENDING.value
     assert ahead.attempts == 0
     assert ahead.last_error.startswith("worker lost (killed by SIGKILL)")
-    assert [claimed.id for claimed in held] == ["running", "ahead"]
+    assert [claimed.id for claimed in claimed_jobs] == ["running", "ahead"]
